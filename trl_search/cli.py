@@ -1,0 +1,41 @@
+"""`trl-search` command line: one subcommand per module in `trl_search.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+# Subcommand name -> module in trl_search.commands defining `add_arguments(parser)` and `run(args) -> int`.
+SUBCOMMANDS = {
+    "index": ("index", "Build a BM25 or dense index from a JSONL corpus."),
+    "serve": ("serve", "Serve a retriever over HTTP with Search-R1's /retrieve contract."),
+    "eval": ("evaluate", "Evaluate a model with search on QA datasets (exact match, F1, ...)."),
+    "demo": ("demo", "Run the offline learning demo (RL with search beats no search)."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-search", description="Search-R1 training tools on top of TRL.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"trl_search.commands.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"trl_search.commands.{module_name}":
+                raise
+            continue  # subcommand not shipped in this build
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args._run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Tiny tokenizers and models built offline, for tests, the demo and GPU checks on machines without Hub access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .protocols import SEARCH_TAGS
+
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
+    """Trains a byte-level BPE tokenizer on `texts` and wraps it as a `PreTrainedTokenizerFast`.
+
+    The protocol tags are part of the training text so that they tokenise compactly, but they stay ordinary text
+    (not special tokens): the model writes them like any other words, and decoding with `skip_special_tokens=True`
+    keeps them.
+
+    Example:
+        >>> tokenizer = build_tokenizer(["<search> capital of france </search>"], vocab_size=300)
+        >>> tokenizer.decode(tokenizer("<answer> Paris </answer>")["input_ids"])
+        '<answer> Paris </answer>'
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = list(texts) + [" ".join(SEARCH_TAGS)] * 8
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN, *CHAT_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=CHAT_TOKENS,
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+    return wrapped
+
+
+def build_model(
+    tokenizer,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 4096,
+    seed: int = 0,
+    **config_overrides,
+):
+    """Builds a randomly initialised `Qwen2ForCausalLM` sized for `tokenizer`.
+
+    Example:
+        >>> tokenizer = build_tokenizer(["hello world"], vocab_size=300)
+        >>> build_model(tokenizer).config.num_hidden_layers
+        2
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+        **config_overrides,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

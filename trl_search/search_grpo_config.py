@@ -1,0 +1,120 @@
+"""Configuration of `SearchGRPOTrainer`: GRPO's settings plus the knobs of the search rollout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+@dataclass
+class SearchGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for [`SearchGRPOTrainer`]: every [`trl.GRPOConfig`] parameter plus the search rollout.
+
+    Parameters:
+        max_turns (`int`, *optional*, defaults to `4`):
+            Maximum number of searches per sample. A sample still open after `max_turns` searches gets one last turn
+            in which it can only answer.
+        top_k (`int`, *optional*, defaults to `3`):
+            Number of passages retrieved per search. Note: in `GRPOConfig`, `top_k` is the sampling top-k; here it is
+            the retrieval depth, and the sampling top-k is `sampling_top_k`.
+        sampling_top_k (`int`, *optional*, defaults to `0`):
+            Top-k filtering when sampling completions (`0` disables it). What `GRPOConfig.top_k` means.
+        max_obs_length (`int`, *optional*, defaults to `500`):
+            Maximum number of tokens of one observation (the retrieved passages with their `<information>` tags).
+        max_tokens_per_turn (`int`, *optional*, defaults to `500`):
+            Maximum number of tokens the policy generates in one turn.
+        mask_retrieved_tokens (`bool`, *optional*, defaults to `True`):
+            Exclude retrieved (and any other injected) tokens from the loss, the KL and the policy metrics.
+        search_protocol (`str`, *optional*, defaults to `"tags"`):
+            How the policy searches and answers. `"tags"`: Search-R1's `<search>`/`<information>`/`<answer>` tags.
+
+    Example:
+        >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3, report_to="none")
+        >>> config.max_completion_length
+        2048
+    """
+
+    max_completion_length: int | None = field(
+        default=2048,
+        metadata={
+            "help": "Maximum length of the whole completion: every turn's generated tokens plus the observations "
+            "injected between them."
+        },
+    )
+    max_turns: int = field(
+        default=4,
+        metadata={
+            "help": "Maximum number of searches per sample. A sample still open after `max_turns` searches gets one "
+            "last turn in which it can only answer. 0 disables searching."
+        },
+    )
+    top_k: int = field(
+        default=3,
+        metadata={
+            "help": "Number of passages retrieved per search. Unlike GRPOConfig, where `top_k` is the sampling "
+            "top-k: that one is `sampling_top_k` here."
+        },
+    )
+    sampling_top_k: int = field(
+        default=0,
+        metadata={"help": "Top-k filtering when sampling completions (0 disables it); GRPOConfig's `top_k`."},
+    )
+    max_obs_length: int = field(
+        default=500,
+        metadata={"help": "Maximum number of tokens of one observation, `<information>` tags included."},
+    )
+    max_tokens_per_turn: int = field(
+        default=500,
+        metadata={"help": "Maximum number of tokens the policy generates in one turn."},
+    )
+    mask_retrieved_tokens: bool = field(
+        default=True,
+        metadata={
+            "help": "Exclude retrieved and other injected tokens from the loss, the KL and the policy metrics. "
+            "False reproduces the paper's no-mask ablation."
+        },
+    )
+    search_protocol: str = field(
+        default="tags",
+        metadata={"help": "How the policy searches and answers.", "choices": ["tags"]},
+    )
+
+    def __post_init__(self):
+        from .protocols import PROTOCOLS
+
+        if self.max_turns < 0:
+            raise ValueError(f"max_turns must be >= 0 (0 disables searching), got {self.max_turns}. Set --max_turns.")
+        if self.top_k < 1:
+            raise ValueError(
+                f"top_k is the number of passages per search and must be >= 1, got {self.top_k}. Set --top_k "
+                "(for sampling top-k use --sampling_top_k)."
+            )
+        if self.sampling_top_k < 0:
+            raise ValueError(f"sampling_top_k must be >= 0 (0 disables it), got {self.sampling_top_k}.")
+        if self.max_obs_length < 8:
+            raise ValueError(
+                f"max_obs_length={self.max_obs_length} cannot hold even the <information> tags; set --max_obs_length "
+                "to at least 8 (the paper uses 500)."
+            )
+        if self.max_tokens_per_turn < 1:
+            raise ValueError(f"max_tokens_per_turn must be >= 1, got {self.max_tokens_per_turn}.")
+        if self.search_protocol not in PROTOCOLS:
+            raise ValueError(
+                f"Unknown search_protocol {self.search_protocol!r}; set --search_protocol to one of {sorted(PROTOCOLS)}."
+            )
+        if self.max_completion_length is None:
+            raise ValueError("max_completion_length must be set: the search rollout needs a token budget.")
+        if self.max_turns > 0 and self.max_obs_length >= self.max_completion_length:
+            raise ValueError(
+                f"max_obs_length ({self.max_obs_length}) must be smaller than max_completion_length "
+                f"({self.max_completion_length}): one observation would fill the whole completion. Lower "
+                "--max_obs_length or raise --max_completion_length."
+            )
+        # GRPOConfig validates its own fields; our `top_k` is the retrieval depth, so show it the sampling one.
+        retrieval_top_k, self.top_k = self.top_k, self.sampling_top_k
+        try:
+            super().__post_init__()
+        finally:
+            self.top_k = retrieval_top_k
