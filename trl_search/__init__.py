@@ -2,8 +2,20 @@
 
 __version__ = "0.1.0.dev0"
 
-from .search_grpo_config import SearchGRPOConfig
-from .search_grpo_trainer import SearchGRPOTrainer
+# The trainer pulls in TRL and torch: import it on first use so that `trl_search.rewards` or the retrievers load fast.
+_LAZY = {
+    "SearchGRPOConfig": "trl_search.search_grpo_config",
+    "SearchGRPOTrainer": "trl_search.search_grpo_trainer",
+    "evaluate": "trl_search.evaluation",
+}
 
 
-__all__ = ["SearchGRPOConfig", "SearchGRPOTrainer", "__version__"]
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trl_search' has no attribute {name!r}")
+
+
+__all__ = ["SearchGRPOConfig", "SearchGRPOTrainer", "__version__", "evaluate"]

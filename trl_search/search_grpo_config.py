@@ -31,7 +31,7 @@ class SearchGRPOConfig(GRPOConfig):
             How the policy searches and answers. `"tags"`: Search-R1's `<search>`/`<information>`/`<answer>` tags.
 
     Example:
-        >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3, report_to="none")
+        >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3, bf16=False, report_to="none")
         >>> config.max_completion_length
         2048
     """

@@ -1,0 +1,45 @@
+"""Shared fixtures: everything offline, tiny models and tokenizers built on the fly."""
+
+import os
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import pytest  # noqa: E402
+
+from trl_search.offline_models import build_model, build_tokenizer  # noqa: E402
+
+
+TOKENIZER_TEXTS = [
+    "<think> I need to find the capital of Veldoria. </think> <search> capital of Veldoria </search>",
+    "<information>Doc 1(Title: Veldoria) Veldoria is a country whose capital is Quarnel.\n</information>",
+    "<think> The passage says Quarnel. </think> <answer> Quarnel </answer>",
+    "Answer the question. Think inside <think> and </think>, search with <search> query </search>, "
+    "read <information> results </information>, and answer with <answer> answer </answer>.",
+    "Question: Who founded the city of Brantis? Question: When was Ostavel founded?",
+    "the a an of in on and to is was by for with from at as it this that which who what when where",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer(TOKENIZER_TEXTS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny Qwen2 model + tokenizer directory, loadable with `from_pretrained` (stands in for a Hub id)."""
+    directory = tmp_path_factory.mktemp("tiny-qwen2")
+    build_model(tiny_tokenizer).save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    return build_model(tiny_tokenizer)
