@@ -2,7 +2,11 @@
 
 Each takes `completions` (plain strings, or TRL's conversational form: a list of messages per completion) and
 `golden_answers` (one list of strings per completion), ignores other keyword arguments, and returns `list[float]`.
-They are plain module-level functions, so they pickle for multi-process data loading.
+They are plain module-level functions (or, for `get_format_reward`, instances of a module-level class), so they
+pickle for multi-process data loading.
+
+The answer is always the last `<answer>` block of the completion alone (never of the prompt). Retrieved passages reach
+the completion with their tags neutralised (`&lt;answer&gt;`), so text copied from a passage never counts as an answer.
 """
 
 from __future__ import annotations
@@ -97,3 +101,216 @@ def f1_reward(completions, golden_answers, **kwargs) -> list[float]:
         golds = _as_answer_list(golden)
         rewards.append(max((_f1(answer, gold) for gold in golds), default=0.0) if answer is not None else 0.0)
     return rewards
+
+
+def _contains(text: str, gold: str) -> bool:
+    # Containment on token boundaries of the normalised strings: "1990" does not contain the gold answer "99".
+    normalized_gold = normalize_answer(gold)
+    return bool(normalized_gold) and f" {normalized_gold} " in f" {normalize_answer(text)} "
+
+
+def cover_exact_match_reward(completions, golden_answers, **kwargs) -> list[float]:
+    """1.0 when a gold answer, normalised, appears inside the normalised last `<answer>` (on word boundaries), else 0.0.
+
+    Also called "cover EM" or "sub-EM": it forgives answers that wrap the right entity in extra words. Containment is
+    checked on whole normalised tokens, so a gold answer "99" is not found inside a predicted "1990".
+
+    Example:
+        >>> cover_exact_match_reward(["<answer>It is the Eiffel Tower in Paris</answer>"], [["Eiffel Tower"]])
+        [1.0]
+        >>> cover_exact_match_reward(["<answer>1990</answer>"], [["99"]])
+        [0.0]
+    """
+    rewards = []
+    for completion, golden in zip(completions, golden_answers, strict=True):
+        answer = extract_answer(completion_text(completion))
+        found = answer is not None and any(_contains(answer, gold) for gold in _as_answer_list(golden))
+        rewards.append(float(found))
+    return rewards
+
+
+def contains_answer(texts, golden_answers) -> bool:
+    """Whether any gold answer appears (normalised, on word boundaries) in any of `texts`, e.g. retrieved passages.
+
+    Example:
+        >>> contains_answer(["Doc 1(Title: Veldoria) Its capital is Quarnel."], ["quarnel", "Qarn"])
+        True
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    golds = _as_answer_list(golden_answers)
+    return any(_contains(text, gold) for text in texts for gold in golds)
+
+
+# --- Format validation -------------------------------------------------------------------------------------------
+
+_TAG = re.compile(r"</?(think|search|information|answer)>")
+_INFORMATION = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+# After each block, which blocks may come next. A turn is: reasoning, then one action (a search, answered by an
+# observation, or the final answer). `None` marks the start of the completion.
+_NEXT_BLOCKS = {
+    None: {"think"},
+    "think": {"search", "answer"},
+    "search": {"information"},
+    "information": {"think"},
+    "answer": set(),
+}
+_NEXT_BLOCKS_THINK_OPTIONAL = {
+    None: {"think", "search", "answer"},
+    "think": {"search", "answer"},
+    "search": {"information"},
+    "information": {"think", "search", "answer"},
+    "answer": set(),
+}
+# Text the tokenizer may leave after the final answer: end-of-sequence markers such as `<|im_end|>` or `</s>`.
+_END_MARKERS = re.compile(r"<\|[^|>]*\|>|</s>|<eos>|<end_of_turn>")
+
+
+def validate_sequence(text: str, require_think: bool = True) -> str | None:
+    """Checks that a completion follows the protocol and returns `None` if it does, else the reason it does not.
+
+    A well-formed completion is a series of turns, each `<think>...</think>` followed by an action: either
+    `<search>query</search>` answered by `<information>...</information>`, or the final `<answer>...</answer>`, which
+    ends the completion. Only white space may sit between blocks; end-of-sequence markers (`<|im_end|>`, `</s>`) may
+    follow the answer. Blocks do not nest. The body of an `<information>` block is opaque (retrieved text). With
+    `require_think=False` the `<think>` blocks become optional.
+
+    Example:
+        >>> validate_sequence("<think>a</think><search>q</search><information>d</information><think>b</think><answer>x</answer>")
+        >>> validate_sequence("<think>a</think><answer>x</answer> trailing words")
+        "text after the final </answer>: 'trailing words'"
+    """
+    allowed = _NEXT_BLOCKS if require_think else _NEXT_BLOCKS_THINK_OPTIONAL
+    position, previous = 0, None
+    while True:
+        match = _TAG.search(text, position)
+        gap = text[position : match.start() if match else len(text)]
+        if previous == "answer":
+            rest = _END_MARKERS.sub("", text[position:]).strip()
+            return f"text after the final </answer>: {rest[:40]!r}" if rest else None
+        if gap.strip():
+            where = f"before <{match.group(1)}>" if match else "at the end"
+            return f"text outside any block {where}: {gap.strip()[:40]!r}"
+        if match is None:
+            return "no <answer> block" if previous != "answer" else None
+        tag = match.group(0)
+        name = match.group(1)
+        if tag.startswith("</"):
+            return f"{tag} without a matching <{name}>"
+        if name not in allowed[previous]:
+            expected = " or ".join(f"<{block}>" for block in sorted(allowed[previous]))
+            after = f"after </{previous}>" if previous else "at the start"
+            return f"<{name}> {after}; expected {expected}"
+        closing = text.find(f"</{name}>", match.end())
+        if closing == -1:
+            return f"<{name}> is never closed"
+        body = text[match.end() : closing]
+        if name != "information" and _TAG.search(body):
+            return f"a tag inside <{name}>...</{name}>: {_TAG.search(body).group(0)}"
+        if name in ("search", "answer") and not body.strip():
+            return f"empty <{name}> block"
+        position, previous = closing + len(f"</{name}>"), name
+
+
+def is_valid_sequence(text: str, require_think: bool = True) -> bool:
+    """Whether a completion follows the think/search/information/answer protocol (see `validate_sequence`).
+
+    Example:
+        >>> is_valid_sequence("<think>easy</think><answer>Paris</answer>")
+        True
+        >>> is_valid_sequence("<answer>Paris</answer><answer>Lyon</answer>")
+        False
+    """
+    return validate_sequence(text, require_think=require_think) is None
+
+
+def _retrieval_has_answer(text, golden, answer_in_retrieval, retrieved_texts) -> bool:
+    # Prefer what the rollout measured; fall back to the retrieved texts, then to the observations in the completion.
+    if answer_in_retrieval is not None:
+        return bool(answer_in_retrieval)
+    if retrieved_texts is None:
+        retrieved_texts = _INFORMATION.findall(text)
+    return contains_answer(retrieved_texts, golden)
+
+
+class FormatReward:
+    """Exact match shaped by format (arXiv 2505.15117). Build it with `get_format_reward`.
+
+    | exact match | well-formed | reward |
+    |---|---|---|
+    | yes | yes | 1 |
+    | yes | no | 1 - lambda_format |
+    | no | yes | lambda_format (+ lambda_retrieval if a gold answer was retrieved) |
+    | no, but an `<answer>` is there | no | lambda_final |
+    | no `<answer>` | no | 0 |
+
+    Instances pickle (a module-level class with plain float fields) and carry a `__name__` for TRL's logs.
+    """
+
+    def __init__(
+        self,
+        lambda_format: float = 0.2,
+        lambda_final: float = 0.1,
+        lambda_retrieval: float = 0.0,
+        require_think: bool = True,
+    ):
+        lambdas = {"lambda_format": lambda_format, "lambda_final": lambda_final, "lambda_retrieval": lambda_retrieval}
+        for name, value in lambdas.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}; the paper uses 0.2 / 0.1 / 0.0.")
+        if lambda_format + lambda_retrieval > 1.0:
+            raise ValueError(
+                "lambda_format + lambda_retrieval must not exceed 1, or a wrong answer could outscore a right one."
+            )
+        self.lambda_format = float(lambda_format)
+        self.lambda_final = float(lambda_final)
+        self.lambda_retrieval = float(lambda_retrieval)
+        self.require_think = require_think
+        self.__name__ = "format_reward"
+
+    def __repr__(self) -> str:
+        return (
+            f"FormatReward(lambda_format={self.lambda_format}, lambda_final={self.lambda_final}, "
+            f"lambda_retrieval={self.lambda_retrieval})"
+        )
+
+    def __call__(self, completions, golden_answers, answer_in_retrieval=None, retrieved_texts=None, **kwargs):
+        count = len(completions)
+        in_retrieval = answer_in_retrieval if answer_in_retrieval is not None else [None] * count
+        texts = retrieved_texts if retrieved_texts is not None else [None] * count
+        exact = exact_match_reward(completions, golden_answers)
+        rewards = []
+        for completion, golden, correct, found, retrieved in zip(
+            completions, golden_answers, exact, in_retrieval, texts, strict=True
+        ):
+            text = completion_text(completion)
+            well_formed = is_valid_sequence(text, require_think=self.require_think)
+            if correct:
+                reward = 1.0 if well_formed else 1.0 - self.lambda_format
+            elif well_formed:
+                reward = self.lambda_format
+                if self.lambda_retrieval and _retrieval_has_answer(text, golden, found, retrieved):
+                    reward += self.lambda_retrieval
+            else:
+                reward = self.lambda_final if extract_answer(text) is not None else 0.0
+            rewards.append(reward)
+        return rewards
+
+
+def get_format_reward(
+    lambda_format: float = 0.2, lambda_final: float = 0.1, lambda_retrieval: float = 0.0, require_think: bool = True
+) -> FormatReward:
+    """The format-aware exact-match reward of arXiv 2505.15117 (defaults: the values that paper uses).
+
+    A correct, well-formed completion earns 1; correct but malformed 1 - lambda_format; wrong but well-formed
+    lambda_format, plus lambda_retrieval when a gold answer appeared in the retrieved passages (read from the rollout's
+    `answer_in_retrieval` or `retrieved_texts` columns, else from the completion's `<information>` blocks); wrong,
+    malformed but with an `<answer>` lambda_final; anything else 0. "Well-formed" is `is_valid_sequence`.
+
+    Example:
+        >>> reward = get_format_reward()
+        >>> reward(["<think>sure</think><answer>Quarnel</answer>", "<answer>Quarnel</answer>", "no idea"],
+        ...        [["Quarnel"], ["Quarnel"], ["Quarnel"]])
+        [1.0, 0.8, 0.0]
+    """
+    return FormatReward(lambda_format, lambda_final, lambda_retrieval, require_think=require_think)
