@@ -1,0 +1,231 @@
+"""BM25 engines behind `BM25Retriever`: bm25s (default), tantivy and rank-bm25, all fed the same tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"This BM25 engine needs `{module}`: install it with `pip install trl-search[{extra}]`."
+        ) from error
+
+
+class BM25sEngine:
+    """bm25s: sparse precomputed scores; the numba backend answers thousands of queries per second per core."""
+
+    name = "bm25s"
+    packages = ("bm25s", "numba", "PyStemmer")
+    defaults = {"k1": 0.9, "b": 0.4}
+
+    def __init__(self, model, n_threads: int = 1):
+        self.model = model
+        self.n_threads = n_threads
+
+    class Builder:
+        def __init__(self, parameters: dict, workdir: str):
+            self.parameters = parameters
+            self.vocab: dict[str, int] = {}
+            self.ids: list[list[int]] = []
+
+        def add(self, token_lists: list[list[str]]) -> None:
+            vocab = self.vocab
+            for tokens in token_lists:
+                self.ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
+
+        def finish(self, n_threads: int = 1) -> BM25sEngine:
+            import bm25s
+            from bm25s.tokenization import Tokenized
+
+            backend = self.parameters["backend"]
+            model = bm25s.BM25(k1=self.parameters["k1"], b=self.parameters["b"], method="lucene", backend=backend)
+            model.index(Tokenized(ids=self.ids, vocab=self.vocab), show_progress=False)
+            self.ids = []  # the sparse score matrix holds everything from here on
+            return BM25sEngine(model, n_threads)
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.model.scores["num_docs"])
+
+    def search(self, token_lists: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
+        vocab = self.model.vocab_dict
+        ids = [[vocab[token] for token in tokens if token in vocab] for tokens in token_lists]
+        results: list[list[tuple[int, float]]] = [[] for _ in ids]
+        active = [i for i, row in enumerate(ids) if row]  # no known token: no lexical evidence, no passages
+        if not active:
+            return results
+        k = min(k, self.num_docs)
+        rows, scores = self.model.retrieve(
+            [ids[i] for i in active], k=k, show_progress=False, n_threads=self.n_threads
+        )
+        for i, row_ids, row_scores in zip(active, np.asarray(rows).tolist(), np.asarray(scores).tolist()):
+            results[i] = [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if s > 0]
+        return results
+
+    def save(self, directory: str) -> None:
+        self.model.save(os.path.join(directory, "bm25s"), show_progress=False)
+
+    @classmethod
+    def load(cls, directory: str, parameters: dict, mmap: bool = False, n_threads: int = 1, store=None):
+        import bm25s
+
+        model = bm25s.BM25.load(os.path.join(directory, "bm25s"), mmap=mmap, show_progress=False)
+        backend = parameters.get("backend", "numba")
+        if backend == "numba":
+            # `load` restores params but not the backend choice; the numba path works on memory-mapped arrays too.
+            model.backend = "numba"
+        return cls(model, n_threads)
+
+
+class TantivyEngine:
+    """tantivy (Rust, Lucene-like): builds on disk with bounded memory, so it indexes 21M passages on a small box.
+
+    tantivy's BM25 uses fixed k1=1.2, b=0.75. Documents are indexed pre-tokenised (whitespace-joined tokens), so
+    the terms are exactly the shared tokenisation's.
+    """
+
+    name = "tantivy"
+    packages = ("tantivy", "PyStemmer")
+    defaults = {"k1": 1.2, "b": 0.75}
+
+    def __init__(self, index, path: str, n_threads: int = 1):
+        self.index = index
+        self.path = path
+        self.schema = index.schema
+        self.searcher = index.searcher()
+        self.n_threads = n_threads
+
+    @staticmethod
+    def _schema():
+        tantivy = _require("tantivy", "tantivy")
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("body", stored=False, tokenizer_name="whitespace", index_option="freq")
+        builder.add_unsigned_field("row", stored=True, indexed=False)
+        return builder.build()
+
+    class Builder:
+        def __init__(self, parameters: dict, workdir: str):
+            tantivy = _require("tantivy", "tantivy")
+            self.tantivy = tantivy
+            self.path = os.path.join(workdir, "tantivy")
+            os.makedirs(self.path)
+            self.index = tantivy.Index(TantivyEngine._schema(), path=self.path)
+            heap = int(parameters.get("heap_mb", 256)) * 1_000_000
+            self.writer = self.index.writer(heap_size=heap, num_threads=int(parameters.get("index_threads", 1)))
+            self.rows = 0
+
+        def add(self, token_lists: list[list[str]]) -> None:
+            for tokens in token_lists:
+                document = self.tantivy.Document()
+                document.add_unsigned("row", self.rows)
+                document.add_text("body", " ".join(tokens))
+                self.writer.add_document(document)
+                self.rows += 1
+
+        def finish(self, n_threads: int = 1) -> TantivyEngine:
+            self.writer.commit()
+            self.writer.wait_merging_threads()
+            self.index.reload()
+            return TantivyEngine(self.index, self.path, n_threads)
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.searcher.num_docs)
+
+    def search(self, token_lists: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
+        import tantivy
+
+        should, term_query = tantivy.Occur.Should, tantivy.Query.term_query
+        results = []
+        for tokens in token_lists:
+            if not tokens:
+                results.append([])
+                continue
+            query = tantivy.Query.boolean_query([(should, term_query(self.schema, "body", t)) for t in tokens])
+            hits = self.searcher.search(query, k, count=False).hits
+            results.append([(int(self.searcher.doc(address)["row"][0]), float(score)) for score, address in hits])
+        return results
+
+    def save(self, directory: str) -> None:
+        from .store import link_or_copy_tree
+
+        link_or_copy_tree(self.path, os.path.join(directory, "tantivy"))
+
+    @classmethod
+    def load(cls, directory: str, parameters: dict, mmap: bool = False, n_threads: int = 1, store=None):
+        tantivy = _require("tantivy", "tantivy")
+        path = os.path.join(directory, "tantivy")
+        return cls(tantivy.Index.open(path), path, n_threads)
+
+
+class RankBM25Engine:
+    """rank-bm25 (pure Python, BM25Okapi): the reference implementation, kept for compatibility and as a baseline.
+
+    It scores every document for every query, so it is orders of magnitude slower; it keeps no files of its own and
+    re-tokenises the stored passages on load.
+    """
+
+    name = "rank_bm25"
+    packages = ("rank-bm25", "PyStemmer")
+    defaults = {"k1": 0.9, "b": 0.4}
+
+    def __init__(self, model, n_threads: int = 1):
+        self.model = model
+
+    class Builder:
+        def __init__(self, parameters: dict, workdir: str):
+            self.parameters = parameters
+            self.corpus: list[list[str]] = []
+
+        def add(self, token_lists: list[list[str]]) -> None:
+            self.corpus.extend(token_lists)
+
+        def finish(self, n_threads: int = 1) -> RankBM25Engine:
+            rank_bm25 = _require("rank_bm25", "rank_bm25")
+            # rank-bm25 divides by the average length; an all-stopword corpus would make it 0.
+            corpus = [tokens or [""] for tokens in self.corpus]
+            return RankBM25Engine(rank_bm25.BM25Okapi(corpus, k1=self.parameters["k1"], b=self.parameters["b"]))
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.model.corpus_size)
+
+    def search(self, token_lists: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
+        results = []
+        for tokens in token_lists:
+            if not tokens:
+                results.append([])
+                continue
+            scores = self.model.get_scores(tokens)
+            k_eff = min(k, len(scores))
+            top = np.argpartition(-scores, k_eff - 1)[:k_eff]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            results.append([(int(i), float(scores[i])) for i in top if scores[i] > 0])
+        return results
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, "rank_bm25.json"), "w", encoding="utf-8") as handle:
+            json.dump({"note": "rank-bm25 keeps no index files; passages are re-tokenised on load."}, handle)
+
+    @classmethod
+    def load(cls, directory: str, parameters: dict, mmap: bool = False, n_threads: int = 1, store=None):
+        from .tokenization import tokenize
+
+        builder = cls.Builder(parameters, directory)
+        batch = []
+        for passage in store:
+            batch.append(f"{passage.title}\n{passage.text}")
+            if len(batch) == 4096:
+                builder.add(tokenize(batch))
+                batch = []
+        builder.add(tokenize(batch))
+        return builder.finish()
+
+
+ENGINES = {engine.name: engine for engine in (BM25sEngine, TantivyEngine, RankBM25Engine)}
