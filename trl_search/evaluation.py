@@ -1,0 +1,349 @@
+"""Evaluation with search: greedy rollouts on QA sets, through the same `SearchRollout` as training.
+
+`evaluate(...)` scores a model on one or more datasets and writes three files to `output_dir`:
+- `results.json`: per-dataset and average metrics, plus everything needed to reproduce them (prompt template, rollout
+  and generation settings, `retriever.describe()`, package version);
+- `results.md`: the paper's table layout (datasets as columns, then the average), and a table of all metrics;
+- `trajectories.jsonl`: one line per question with the completion, the extracted answer and its scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from .data import (
+    DEFAULT_PROMPT_TEMPLATE,
+    DEMO_CORPUS_PATH,
+    DIRECT_PROMPT_TEMPLATE,
+    PAPER_DATASETS,
+    QA_DATASETS,
+    RAG_PROMPT_TEMPLATE,
+    load_qa_dataset,
+    make_search_prompt,
+    tokenize_prompts,
+)
+from .protocols import extract_answer, get_protocol
+from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
+
+
+logger = logging.getLogger(__name__)
+
+BASELINES = (None, "direct", "rag")
+# name in results.json -> row label in results.md, in display order
+METRICS = {
+    "em": "EM",
+    "f1": "F1",
+    "cover_em": "Cover EM",
+    "searches_per_question": "Searches / question",
+    "invalid_action_rate": "Invalid-action rate",
+    "answer_retrieved": "Gold answer retrieved",
+    "answered": "Answered",
+    "format_valid": "Well-formed",
+    "completion_tokens": "Completion tokens",
+}
+
+
+def resolve_retriever(spec):
+    """Opens a retriever from a spec: a `Retriever` (returned as is), `"demo"` (BM25 over the shipped demo corpus), a
+    JSONL corpus file (indexed with BM25 on the fly), or whatever `load_retriever` opens (an index directory, a URL).
+
+    Example:
+        >>> resolve_retriever("demo").search(["capital"], k=1)[0][0].title  # doctest: +SKIP
+        'Vozoia'
+    """
+    from .retrievers import BM25Retriever, Retriever, load_retriever
+
+    if spec is None or isinstance(spec, Retriever):
+        return spec
+    spec = os.fspath(spec)
+    if spec == "demo":
+        return BM25Retriever.build(DEMO_CORPUS_PATH)
+    if os.path.isfile(spec) and spec.endswith(".jsonl"):
+        return BM25Retriever.build(spec)
+    return load_retriever(spec)
+
+
+def _load_model(model, tokenizer, dtype: str = "auto", device: str | None = None):
+    if isinstance(model, (str, os.PathLike)):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    elif tokenizer is None:
+        raise ValueError("Pass `tokenizer` along with a model object (or pass a model path to load both).")
+    if model is not None:
+        model.eval()
+    return model, tokenizer
+
+
+def _greedy_config(model, tokenizer):
+    from transformers import GenerationConfig
+
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return GenerationConfig(
+        do_sample=False,
+        eos_token_id=configured if configured is not None else tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+
+
+def _mean(values) -> float | None:
+    values = [value for value in values if value is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(trajectories: Sequence[dict]) -> dict:
+    """Aggregates one dataset's trajectory records (as written to `trajectories.jsonl`) into its metrics.
+
+    `invalid_action_rate` is the share of turns whose action could not be run; `answer_retrieved` the share of
+    questions whose gold answer appeared in a retrieved passage (None when nothing could be retrieved: the direct
+    baseline).
+
+    Example:
+        >>> summarize([{"em": 1.0, "f1": 1.0, "cover_em": 1.0, "num_searches": 1, "num_invalid": 0, "num_turns": 2,
+        ...             "answer_retrieved": True, "answered": True, "format_valid": True, "completion_tokens": 40}])["em"]
+        1.0
+    """
+    turns = sum(record["num_turns"] for record in trajectories)
+    return {
+        "num_questions": len(trajectories),
+        "em": _mean(record["em"] for record in trajectories),
+        "f1": _mean(record["f1"] for record in trajectories),
+        "cover_em": _mean(record["cover_em"] for record in trajectories),
+        "searches_per_question": _mean(record["num_searches"] for record in trajectories),
+        "invalid_action_rate": sum(record["num_invalid"] for record in trajectories) / turns if turns else 0.0,
+        "answer_retrieved": _mean(
+            None if record["answer_retrieved"] is None else float(record["answer_retrieved"])
+            for record in trajectories
+        ),
+        "answered": _mean(float(record["answered"]) for record in trajectories),
+        "format_valid": _mean(float(record["format_valid"]) for record in trajectories),
+        "completion_tokens": _mean(record["completion_tokens"] for record in trajectories),
+    }
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def results_markdown(results: dict) -> str:
+    """Renders `results.json`'s content as markdown: the paper's EM table, then every metric per dataset.
+
+    Example:
+        >>> print(results_markdown({"label": "search", "datasets": {"nq": {"em": 0.5}}, "average": {"em": 0.5}}))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        | Method | NQ | Avg. |
+        |---|---|---|
+        | search | 0.500 | 0.500 |
+        <BLANKLINE>
+        | Metric | NQ | Avg. |
+        |---|---|---|
+        | EM | 0.500 | 0.500 |
+    """
+    names = list(results["datasets"])
+    labels = [QA_DATASETS[name].label if name in QA_DATASETS else name for name in names]
+    header = "| {} | " + " | ".join(labels) + " | Avg. |\n" + "|---" * (len(names) + 2) + "|\n"
+    em = [results["datasets"][name].get("em") for name in names] + [results["average"].get("em")]
+    lines = [header.format("Method") + f"| {results['label']} | " + " | ".join(map(_format_value, em)) + " |", ""]
+    detail = header.format("Metric")
+    for key, label in METRICS.items():
+        if not any(key in results["datasets"][name] for name in names):
+            continue
+        values = [results["datasets"][name].get(key) for name in names] + [results["average"].get(key)]
+        detail += f"| {label} | " + " | ".join(map(_format_value, values)) + " |\n"
+    lines.append(detail.rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def _score(sample, text: str, golds: list[str], rag_retrieved: bool | None, baseline) -> dict:
+    if baseline == "rag":
+        retrieved = rag_retrieved
+    elif baseline == "direct":
+        retrieved = None
+    else:  # searching mode: a question never searched has not retrieved its answer
+        retrieved = bool(sample.answer_in_retrieval)
+    format_error = validate_sequence(text)
+    return {
+        "answer": extract_answer(text),
+        "em": exact_match_reward([text], [golds])[0],
+        "f1": f1_reward([text], [golds])[0],
+        "cover_em": cover_exact_match_reward([text], [golds])[0],
+        "format_valid": format_error is None,
+        "format_error": format_error,
+        "num_searches": sample.num_searches,
+        "queries": list(sample.queries),
+        "num_invalid": sample.num_invalid,
+        "num_turns": getattr(sample, "num_turns", sample.num_searches + sample.num_invalid + 1),
+        "answered": bool(sample.answered),
+        "answer_retrieved": retrieved,
+        "stop_reason": sample.stop_reason,
+        "completion_tokens": len(sample.completion_ids),
+        "policy_tokens": int(sum(sample.env_mask)),
+    }
+
+
+def evaluate(
+    model,
+    retriever=None,
+    datasets: str | Sequence[str] = PAPER_DATASETS,
+    *,
+    tokenizer=None,
+    baseline: str | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    output_dir: str | None = None,
+    batch_size: int = 32,
+    max_turns: int = 4,
+    top_k: int = 3,
+    max_obs_length: int = 500,
+    max_tokens_per_turn: int = 500,
+    max_completion_length: int = 2048,
+    prompt_template: str | None = None,
+    conversational: bool | None = None,
+    label: str | None = None,
+    generator=None,
+    dtype: str = "auto",
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluates a model with search (or a baseline) on QA sets, greedily, and returns (and writes) the results.
+
+    Args:
+        model: a model directory or Hub id, or a loaded `PreTrainedModel` (then pass `tokenizer`).
+        retriever: a `Retriever`, or a spec for `resolve_retriever` (index directory, URL, JSONL corpus, `"demo"`).
+            Not needed for `baseline="direct"`.
+        datasets: registry names (see `trl_search.data.QA_DATASETS`), as a list or a comma-separated string.
+        baseline: None (search, up to `max_turns` searches), `"direct"` (answer without retrieval) or `"rag"`
+            (retrieve `top_k` passages for the question once, put them in the prompt, answer).
+        data_dir: local copy of the datasets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
+        split, limit: which split (default test, else dev) and how many questions per dataset.
+        output_dir: where to write `results.json`, `results.md` and `trajectories.jsonl` (nothing written if None).
+        prompt_template: overrides the template of the mode (`DEFAULT_PROMPT_TEMPLATE`, `DIRECT_PROMPT_TEMPLATE`,
+            `RAG_PROMPT_TEMPLATE`).
+        conversational: wrap prompts as a user message for the chat template; default: when the tokenizer has one.
+        generator: a `TurnGenerator` to use instead of `TransformersGenerator` (e.g. vLLM).
+
+    Example:
+        >>> results = evaluate("Qwen/Qwen2.5-3B", "http://127.0.0.1:8000/retrieve", "nq,hotpotqa", limit=100,
+        ...                    output_dir="eval/qwen3b")  # doctest: +SKIP
+        >>> results["datasets"]["nq"]["em"], results["average"]["em"]  # doctest: +SKIP
+        (0.31, 0.27)
+    """
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .rollout import SearchRollout, TransformersGenerator
+
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+    names = [name.strip() for name in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
+    if not names or not all(names):
+        raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'demo' offline).")
+    model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    retriever = resolve_retriever(retriever) if baseline != "direct" else None
+    if baseline != "direct" and retriever is None:
+        raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
+    model, tokenizer = _load_model(model, tokenizer, dtype, device)
+    if generator is None:
+        generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
+    if conversational is None:
+        conversational = getattr(tokenizer, "chat_template", None) is not None
+    if prompt_template is None:
+        prompt_template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}
+        prompt_template = prompt_template[baseline]
+    turns = max_turns if baseline is None else 0  # the baselines answer in one turn
+    settings = {
+        "protocol": "tags",
+        "max_turns": turns,
+        "top_k": top_k,
+        "max_obs_length": max_obs_length,
+        "max_tokens_per_turn": max_tokens_per_turn,
+        "max_completion_length": max_completion_length,
+        "mask_retrieved_tokens": True,
+    }
+    rollout = SearchRollout(retriever, tokenizer, **settings)
+    protocol = get_protocol("tags")
+    loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}
+
+    trajectories_file = None
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        trajectories_file = open(os.path.join(output_dir, "trajectories.jsonl"), "w", encoding="utf-8")
+    records_by_dataset, retriever_seconds, start = {}, 0.0, time.perf_counter()
+    total_em, done = 0.0, 0
+    bar = tqdm(total=sum(len(dataset) for dataset in loaded.values()), unit="q", desc="eval", disable=not progress)
+    try:
+        for name, dataset in loaded.items():
+            records = records_by_dataset[name] = []
+            for first in range(0, len(dataset), batch_size):
+                batch = dataset[first : first + batch_size]
+                questions, golds = batch["question"], batch["golden_answers"]
+                passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
+                if baseline == "rag":
+                    hits = retriever.search(list(questions), k=top_k)
+                    passages = [protocol.render_passages(found) for found in hits]
+                    rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
+                prompts = [
+                    make_search_prompt(question, prompt_template, conversational, passages=text)
+                    for question, text in zip(questions, passages)
+                ]
+                output = rollout.run(tokenize_prompts(prompts, tokenizer), generator, golden_answers=golds)
+                retriever_seconds += output.retriever_seconds
+                for index, sample in enumerate(output.samples):
+                    text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
+                    record = {
+                        "id": batch["id"][index],
+                        "data_source": name,
+                        "question": questions[index],
+                        "golden_answers": golds[index],
+                        "completion": text,
+                        **_score(sample, text, golds[index], rag_retrieved[index], baseline),
+                    }
+                    if baseline == "rag":
+                        record["prompt_passages"] = passages[index]
+                    records.append(record)
+                    total_em += record["em"]
+                    if trajectories_file is not None:
+                        trajectories_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done += len(output.samples)
+                bar.update(len(output.samples))
+                bar.set_postfix(dataset=name, em=f"{total_em / done:.3f}")
+    finally:
+        bar.close()
+        if trajectories_file is not None:
+            trajectories_file.close()
+
+    per_dataset = {name: summarize(records) for name, records in records_by_dataset.items()}
+    for name in per_dataset:
+        per_dataset[name]["split"] = split or "default (test, else dev)"
+    average = {key: _mean(per_dataset[name][key] for name in names) for key in METRICS}  # macro average, as the paper
+    results = {
+        "label": label or (baseline or "search"),
+        "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
+        "baseline": baseline,
+        "datasets": per_dataset,
+        "average": average,
+        "prompt_template": prompt_template,
+        "conversational": conversational,
+        "rollout": settings,
+        "generation": {"do_sample": False, "batch_size": batch_size, "generator": type(generator).__name__},
+        "retriever": retriever.describe() if retriever is not None else None,
+        "retriever_seconds": retriever_seconds,
+        "elapsed_seconds": time.perf_counter() - start,
+        "trl_search_version": __version__,
+    }
+    if output_dir is not None:
+        with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2, ensure_ascii=False)
+        with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
+            handle.write(results_markdown(results))
+    return results
