@@ -1,0 +1,423 @@
+"""The batched multi-turn search rollout, independent of the trainer so that evaluation runs the same code.
+
+One turn: every still-active sample generates until `</search>`, `</answer>`, EOS or its token limit; all queries of
+the turn go to the retriever in one call; the passages come back as an observation appended to the sample's
+completion with mask 0 (injected), while sampled tokens carry mask 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .protocols import Action, get_protocol
+from .retrievers.base import Passage, Retriever
+from .rewards import normalize_answer
+
+
+def tokenize_prompts(prompts: list, tokenizer, chat_template: str | None = None, **chat_template_kwargs):
+    """Tokenises prompts as TRL's GRPOTrainer does: chat messages through the chat template with the generation
+    prompt, plain strings with the tokenizer's own special tokens.
+
+    Example:
+        >>> tokenize_prompts(["Question: who?"], tokenizer)  # doctest: +SKIP
+        [[...]]
+    """
+    if not prompts:
+        return []
+    if isinstance(prompts[0], list):
+        return [
+            list(
+                tokenizer.apply_chat_template(
+                    prompt,
+                    chat_template=chat_template,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    **chat_template_kwargs,
+                )["input_ids"]
+            )
+            for prompt in prompts
+        ]
+    return [list(ids) for ids in tokenizer(text=list(prompts))["input_ids"]]
+
+
+@dataclass
+class GeneratedTurn:
+    """What a generator returns for one sample and one turn."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    stopped: bool = False  # True: ended on a stop string or EOS; False: reached its token limit
+
+
+class TurnGenerator(Protocol):
+    """A generation backend: continues each context by at most its own token limit, stopping at the stop strings.
+
+    It must return no token past the one that completes a stop string, and must accept an empty batch (a rank with
+    no active sample still joins the collective calls of distributed generation).
+    """
+
+    def generate(
+        self, contexts: list[list[int]], max_new_tokens: list[int], stop_strings: Sequence[str]
+    ) -> list[GeneratedTurn]: ...
+
+
+@dataclass
+class SampleTrajectory:
+    """One sample's multi-turn completion and what happened in it."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)  # 1 = sampled by the policy, 0 = injected
+    logprobs: list[float] | None = field(default_factory=list)
+    num_searches: int = 0
+    queries: list[str] = field(default_factory=list)
+    retrieved_texts: list[str] = field(default_factory=list)
+    num_invalid: int = 0
+    num_turns: int = 0
+    answered: bool = False
+    answer_in_retrieval: bool | None = None
+    # answer | eos | search_limit | invalid | truncated; "" while active
+    stop_reason: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.stop_reason)
+
+    def extend(self, token_ids: list[int], mask_value: int, logprobs: list[float] | None = None) -> None:
+        self.completion_ids.extend(token_ids)
+        self.env_mask.extend([mask_value] * len(token_ids))
+        if self.logprobs is not None:
+            self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(token_ids))
+
+
+@dataclass
+class RolloutOutput:
+    samples: list[SampleTrajectory]
+    retriever_seconds: float = 0.0
+    retriever_calls: int = 0
+    queries_sent: int = 0  # unique queries sent to the retriever, over all calls
+    turns: int = 0
+
+
+class _TurnStopRecorder:
+    """A stopping criterion that records where each row stopped: on a stop string or EOS, or at its own limit."""
+
+    def __init__(self, criteria, prompt_length: int, row_limits: list[int], device):
+        self.criteria = criteria
+        self.prompt_length = prompt_length
+        self.row_limits = torch.tensor(row_limits, device=device)
+        self.stop_length = torch.full((len(row_limits),), -1, dtype=torch.long, device=device)
+        self.stopped_on_tag = torch.zeros(len(row_limits), dtype=torch.bool, device=device)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        generated = input_ids.shape[1] - self.prompt_length
+        on_tag = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for criterion in self.criteria:
+            on_tag |= criterion(input_ids, scores)
+        at_limit = self.row_limits <= generated
+        done = on_tag | at_limit
+        newly = done & (self.stop_length < 0)
+        self.stop_length[newly] = generated
+        self.stopped_on_tag |= newly & on_tag
+        return done
+
+
+class TransformersGenerator:
+    """Per-turn generation with `transformers` `generate`, real stop strings and per-row token limits.
+
+    Example:
+        >>> from transformers import GenerationConfig
+        >>> generator = TransformersGenerator(model, tokenizer, GenerationConfig(do_sample=False))  # doctest: +SKIP
+        >>> generator.generate([tokenizer("Question:")["input_ids"]], [32], ["</search>", "</answer>"])  # doctest: +SKIP
+    """
+
+    def __init__(self, model, tokenizer, generation_config, eos_token_ids: Sequence[int] | None = None):
+        from transformers.generation.stopping_criteria import EosTokenCriteria
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = copy.deepcopy(generation_config)
+        self.generation_config.stop_strings = None  # stop strings are handled by the recorder below
+        if eos_token_ids is None:
+            configured = self.generation_config.eos_token_id
+            eos_token_ids = configured if isinstance(configured, list) else [configured or tokenizer.eos_token_id]
+        self.eos_token_ids = list(eos_token_ids)
+        self.generation_config.eos_token_id = self.eos_token_ids
+        if self.generation_config.pad_token_id is None:
+            self.generation_config.pad_token_id = (
+                tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+            )
+        self._eos_criterion = EosTokenCriteria(self.eos_token_ids)
+        self._stop_criteria: dict[tuple[str, ...], object] = {}
+        # Under DeepSpeed ZeRO-3 without a parameter gather, every forward pass is a collective: a rank without work
+        # must still run generate so that the other ranks are not left waiting.
+        self.join_when_empty = False
+
+    def _stop_string_criterion(self, stop_strings: Sequence[str]):
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        key = tuple(stop_strings)
+        if key not in self._stop_criteria:  # building the token tables is the costly part: do it once
+            self._stop_criteria[key] = StopStringCriteria(tokenizer=self.tokenizer, stop_strings=list(key))
+        return self._stop_criteria[key]
+
+    @torch.no_grad()
+    def generate(
+        self, contexts: list[list[int]], max_new_tokens: list[int], stop_strings: Sequence[str]
+    ) -> list[GeneratedTurn]:
+        from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+        device = next(self.model.parameters()).device
+        if not contexts:
+            if self.join_when_empty:
+                dummy = torch.tensor([[self.generation_config.pad_token_id]], device=device)
+                config = copy.deepcopy(self.generation_config)
+                config.max_new_tokens = 1
+                self.model.generate(input_ids=dummy, attention_mask=torch.ones_like(dummy), generation_config=config)
+            return []
+        width = max(len(ids) for ids in contexts)
+        pad_id = self.generation_config.pad_token_id
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in contexts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts], device=device)
+        criteria = [self._eos_criterion]
+        if stop_strings:
+            criteria.append(self._stop_string_criterion(stop_strings))
+        recorder = _TurnStopRecorder(criteria, width, list(max_new_tokens), device)
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens = max(max_new_tokens)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([recorder]),
+        )
+        new_tokens = output[:, width:].tolist()
+        stop_length = recorder.stop_length.tolist()
+        stopped = recorder.stopped_on_tag.tolist()
+        turns = []
+        for row, tokens in enumerate(new_tokens):
+            length = stop_length[row] if stop_length[row] >= 0 else min(len(tokens), max_new_tokens[row])
+            turns.append(GeneratedTurn(token_ids=tokens[:length], logprobs=None, stopped=stopped[row]))
+        return turns
+
+
+class SearchRollout:
+    """Runs the multi-turn search loop for a batch of tokenised prompts.
+
+    Args:
+        retriever: any `Retriever`; it receives one `search` call per turn with the turn's unique queries.
+        tokenizer: the policy's tokenizer (to read actions and tokenise observations).
+        protocol: name of the search protocol (`"tags"`).
+        max_turns: maximum searches per sample; one more turn follows in which a search ends the sample.
+        top_k: passages per search.
+        max_obs_length: maximum tokens per observation, its tags included.
+        max_tokens_per_turn: maximum tokens generated per turn.
+        max_completion_length: maximum tokens of the whole completion, sampled and injected together.
+        mask_retrieved_tokens: if False, observations get mask 1 (the paper's no-mask ablation).
+        eos_token_id: appended (with mask 0) to a sample that finished on a stop string, so that it is not counted as
+            truncated. Defaults to the tokenizer's EOS.
+
+    Example:
+        >>> rollout = SearchRollout(retriever, tokenizer, max_turns=2, max_completion_length=512)  # doctest: +SKIP
+        >>> output = rollout.run(prompt_ids, TransformersGenerator(model, tokenizer, config))  # doctest: +SKIP
+        >>> output.samples[0].num_searches  # doctest: +SKIP
+        1
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        tokenizer,
+        protocol: str = "tags",
+        max_turns: int = 4,
+        top_k: int = 3,
+        max_obs_length: int = 500,
+        max_tokens_per_turn: int = 500,
+        max_completion_length: int = 2048,
+        mask_retrieved_tokens: bool = True,
+        eos_token_id: int | None = None,
+    ):
+        if max_turns > 0 and retriever is None:
+            raise ValueError("A retriever is required when max_turns > 0 (set max_turns=0 for no search).")
+        self.retriever = retriever
+        self.tokenizer = tokenizer
+        self.protocol = get_protocol(protocol)
+        self.max_turns = max_turns
+        self.top_k = top_k
+        self.max_obs_length = max_obs_length
+        self.max_tokens_per_turn = max_tokens_per_turn
+        self.max_completion_length = max_completion_length
+        self.observation_mask = 0 if mask_retrieved_tokens else 1
+        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        if self.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token: pass eos_token_id to SearchRollout.")
+        self._open_ids = self._encode(self.protocol.observation_open)
+        self._close_ids = self._encode(self.protocol.observation_close)
+        self._feedback_ids = self._encode(self.protocol.invalid_feedback)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def run(
+        self,
+        prompt_ids: list[list[int]],
+        generator: TurnGenerator,
+        golden_answers: Sequence[Sequence[str] | None] | None = None,
+        any_active: Callable[[bool], bool] | None = None,
+        with_logprobs: bool = False,
+    ) -> RolloutOutput:
+        """Rolls out every prompt to completion.
+
+        `any_active(local_active)` makes ranks agree on whether anyone still has work (so that every rank runs the
+        same number of turns); by default only the local batch counts.
+        """
+        samples = [
+            SampleTrajectory(prompt_ids=list(ids), logprobs=[] if with_logprobs else None) for ids in prompt_ids
+        ]
+        golds = self._normalized_golds(golden_answers, len(samples))
+        for sample, sample_golds in zip(samples, golds):
+            if sample_golds is not None:
+                sample.answer_in_retrieval = False  # until a retrieved passage shows a gold answer
+        output = RolloutOutput(samples=samples)
+        for turn in range(self.max_turns + 1):
+            can_search = turn < self.max_turns
+            active = [sample for sample in samples if not sample.finished]
+            if not (any_active(bool(active)) if any_active is not None else bool(active)):
+                break
+            output.turns += 1
+            budgets = [self._room(sample) - 1 for sample in active]  # keep one token for the EOS we may append
+            for sample, budget in zip(active, budgets):
+                if budget < 1:
+                    sample.stop_reason = "truncated"
+            runnable = [(sample, budget) for sample, budget in zip(active, budgets) if budget >= 1]
+            limits = [min(self.max_tokens_per_turn, budget) for _, budget in runnable]
+            generated = generator.generate(
+                [sample.prompt_ids + sample.completion_ids for sample, _ in runnable],
+                limits,
+                self.protocol.stop_strings,
+            )
+            pending_searches: list[tuple[SampleTrajectory, str]] = []
+            pending_feedback: list[SampleTrajectory] = []
+            for (sample, budget), limit, turn_output in zip(runnable, limits, generated):
+                if turn_output.logprobs is None:
+                    sample.logprobs = None
+                sample.extend(turn_output.token_ids, 1, turn_output.logprobs)
+                sample.num_turns += 1
+                ended_with_eos = bool(turn_output.token_ids) and turn_output.token_ids[-1] in self._eos_ids(generator)
+                text = self.tokenizer.decode(turn_output.token_ids, skip_special_tokens=True)
+                out_of_budget = not turn_output.stopped and limit == budget
+                action = self.protocol.parse_action(text, ended_with_eos=ended_with_eos, hit_token_limit=out_of_budget)
+                self._apply_action(sample, action, can_search, turn_output.stopped, pending_searches, pending_feedback)
+            self._answer_searches(pending_searches, golds, samples, output)
+            for sample in pending_feedback:
+                self._inject(sample, [], feedback=True)
+        for sample in samples:
+            if not sample.finished:  # only reachable if a rank kept looping for others: nothing left to do
+                sample.stop_reason = "truncated"
+            if not sample.completion_ids:  # TRL needs a non-empty completion
+                sample.extend([self.eos_token_id], 0)
+        return output
+
+    def _eos_ids(self, generator) -> set[int]:
+        return set(getattr(generator, "eos_token_ids", None) or [self.eos_token_id])
+
+    def _room(self, sample: SampleTrajectory) -> int:
+        return self.max_completion_length - len(sample.completion_ids)
+
+    def _finish(self, sample: SampleTrajectory, reason: str) -> None:
+        """Ends a sample that stopped on a tag: TRL counts a completion without a final EOS as truncated."""
+        sample.stop_reason = reason
+        if sample.completion_ids[-1:] != [self.eos_token_id]:
+            sample.extend([self.eos_token_id], 0)  # injected, never trained: the policy stopped at the tag
+
+    def _apply_action(self, sample, action: Action, can_search, stopped, pending_searches, pending_feedback) -> None:
+        if action.kind == "answer":
+            sample.answered = True
+            self._finish(sample, "answer")
+        elif action.kind == "eos":
+            sample.stop_reason = "eos"  # the policy's own EOS ends the completion already
+        elif action.kind == "truncated":
+            sample.stop_reason = "truncated"
+        elif action.kind == "search" and can_search:
+            sample.num_searches += 1
+            sample.queries.append(action.content)
+            pending_searches.append((sample, action.content))
+        elif action.kind == "search":
+            self._finish(sample, "search_limit")
+        else:  # invalid: a malformed tag, or a turn that ran out of per-turn tokens without acting
+            sample.num_invalid += 1
+            if can_search:
+                pending_feedback.append(sample)
+            else:
+                self._finish(sample, "invalid" if stopped else "truncated")
+
+    def _answer_searches(self, pending, golds, samples, output: RolloutOutput) -> None:
+        if not pending:
+            return
+        unique_queries = list(dict.fromkeys(query for _, query in pending))  # GRPO groups repeat queries
+        start = time.perf_counter()
+        results = self.retriever.search(unique_queries, k=self.top_k)
+        output.retriever_seconds += time.perf_counter() - start
+        output.retriever_calls += 1
+        output.queries_sent += len(unique_queries)
+        if len(results) != len(unique_queries):
+            raise RuntimeError(
+                f"{type(self.retriever).__name__}.search returned {len(results)} result lists for "
+                f"{len(unique_queries)} queries; a retriever must return exactly one list per query."
+            )
+        by_query = dict(zip(unique_queries, results))
+        index_of = {id(sample): index for index, sample in enumerate(samples)}
+        for sample, query in pending:
+            passages: list[Passage] = list(by_query[query])[: self.top_k]
+            seen_text = self._inject(sample, passages)
+            if seen_text is not None:
+                sample.retrieved_texts.append(seen_text)
+                sample_golds = golds[index_of[id(sample)]]
+                if sample_golds is not None:
+                    found = any(f" {gold} " in f" {normalize_answer(seen_text)} " for gold in sample_golds if gold)
+                    sample.answer_in_retrieval = sample.answer_in_retrieval or found
+
+    def _inject(self, sample: SampleTrajectory, passages: list[Passage], feedback: bool = False) -> str | None:
+        """Appends an observation (or the invalid-action feedback) within the budget; returns the body as seen."""
+        room = self._room(sample) - 2  # leave room for at least one generated token and the final EOS
+        if feedback:
+            ids = self._feedback_ids[: max(room, 0)]
+            if len(ids) < len(self._feedback_ids):
+                sample.stop_reason = "truncated"
+                return None
+            sample.extend(ids, self.observation_mask)
+            return None
+        limit = min(self.max_obs_length, room)
+        body_room = limit - len(self._open_ids) - len(self._close_ids)
+        if body_room < 1:
+            sample.stop_reason = "truncated"  # no room left to show the passages
+            return None
+        body = self.protocol.render_passages(passages)
+        body_ids = self._encode(body)
+        if len(body_ids) > body_room:
+            body_ids = body_ids[:body_room]
+            body = self.tokenizer.decode(body_ids, skip_special_tokens=True)
+        sample.extend(self._open_ids + body_ids + self._close_ids, self.observation_mask)
+        return body
+
+    @staticmethod
+    def _normalized_golds(golden_answers, size) -> list[list[str] | None]:
+        if golden_answers is None:
+            return [None] * size
+        if len(golden_answers) != size:
+            raise ValueError(f"golden_answers has {len(golden_answers)} entries for {size} prompts.")
+        normalized = []
+        for golds in golden_answers:
+            if golds is None:
+                normalized.append(None)
+            else:
+                golds = [golds] if isinstance(golds, str) else list(golds)
+                normalized.append([normalize_answer(str(gold)) for gold in golds])
+        return normalized

@@ -1,0 +1,235 @@
+"""`SearchGRPOTrainer`: TRL's GRPO with Search-R1's multi-turn search rollout plugged into its `rollout_func` hook."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import nullcontext
+
+import torch
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+
+from .retrievers.base import Retriever, load_retriever
+from .rewards import exact_match_reward
+from .rollout import RolloutOutput, SearchRollout, TransformersGenerator, tokenize_prompts
+from .search_grpo_config import SearchGRPOConfig
+
+
+class SearchGRPOTrainer(GRPOTrainer):
+    """GRPO trainer whose completions are multi-turn trajectories that call a search engine.
+
+    The policy writes `<search> query </search>`; generation stops there, all queries of the batch go to `retriever`
+    in one call per turn, and the passages come back inside `<information> ... </information>`. Retrieved tokens
+    stay in the context but are masked out of the loss, the KL and the policy metrics (`env_mask` -> TRL's
+    `tool_mask`). The default reward is exact match of the last `<answer>` against the `golden_answers` column.
+
+    Args:
+        model: a model id, a local directory or a `PreTrainedModel`, as for `GRPOTrainer`.
+        reward_funcs: reward function(s); defaults to `trl_search.rewards.exact_match_reward`.
+        args: a `SearchGRPOConfig`.
+        train_dataset: a dataset with a `prompt` column (text or chat messages) and a `golden_answers` column.
+        retriever: a `Retriever`, or a spec for `load_retriever` (an index directory or a `/retrieve` URL).
+        **kwargs: anything else `GRPOTrainer` accepts (callbacks, peft_config, ...), except `rollout_func`, `tools`
+            and `environment_factory`, which the search rollout replaces.
+
+    Reward functions receive, besides the dataset columns, `num_searches`, `search_queries`, `retrieved_texts` and
+    `answer_in_retrieval` (whether a gold answer appeared in the retrieved text; None without `golden_answers`).
+
+    Example:
+        >>> from trl_search import SearchGRPOConfig, SearchGRPOTrainer
+        >>> from trl_search.retrievers import BM25Retriever
+        >>> trainer = SearchGRPOTrainer(  # doctest: +SKIP
+        ...     model="Qwen/Qwen2.5-3B",
+        ...     retriever=BM25Retriever.build("corpus.jsonl"),
+        ...     args=SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3),
+        ...     train_dataset=dataset,
+        ... )
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    _tag_names = ["trl", "grpo", "trl-search", "search-r1"]
+    _name = "SearchGRPO"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: SearchGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        retriever: Retriever | str | os.PathLike | None = None,
+        **kwargs,
+    ):
+        if retriever is None:
+            raise ValueError(
+                "SearchGRPOTrainer needs a retriever: pass retriever=BM25Retriever.build('corpus.jsonl'), "
+                "load_retriever('path/to/index'), or a Search-R1 server URL such as 'http://127.0.0.1:8000/retrieve'."
+            )
+        if isinstance(retriever, (str, os.PathLike)):
+            retriever = load_retriever(retriever)
+        if not hasattr(retriever, "search"):
+            raise TypeError(f"retriever must be a trl_search Retriever, got {type(retriever).__name__}.")
+        for name in ("rollout_func", "tools", "environment_factory"):
+            if kwargs.get(name):
+                raise ValueError(
+                    f"SearchGRPOTrainer runs its own search rollout; `{name}` cannot be combined with it."
+                )
+            kwargs.pop(name, None)
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            args = SearchGRPOConfig(f"{str(model_name).rstrip('/').split('/')[-1]}-SearchGRPO")
+        elif not isinstance(args, SearchGRPOConfig):
+            raise TypeError(
+                f"args must be a SearchGRPOConfig (it carries the search settings), got {type(args).__name__}. "
+                "Build one with SearchGRPOConfig(**your_grpo_config.to_dict())."
+            )
+        if reward_funcs is None:
+            reward_funcs = exact_match_reward
+        self.retriever = retriever
+        self._rollout_inputs = None
+
+        # GRPOTrainer reads `args.top_k` as the sampling top-k while it builds its generation settings; ours is the
+        # retrieval depth, so show it the sampling one for the duration of its __init__.
+        retrieval_top_k, args.top_k = args.top_k, args.sampling_top_k
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+                super().__init__(
+                    model,
+                    reward_funcs,
+                    args=args,
+                    train_dataset=train_dataset,
+                    eval_dataset=eval_dataset,
+                    processing_class=processing_class,
+                    rollout_func=self._search_rollout_func,
+                    **kwargs,
+                )
+        finally:
+            args.top_k = retrieval_top_k
+
+        self.search_rollout = SearchRollout(
+            retriever,
+            self._tokenizer,
+            protocol=args.search_protocol,
+            max_turns=args.max_turns,
+            top_k=args.top_k,
+            max_obs_length=args.max_obs_length,
+            max_tokens_per_turn=args.max_tokens_per_turn,
+            max_completion_length=args.max_completion_length,
+            mask_retrieved_tokens=args.mask_retrieved_tokens,
+            eos_token_id=self.eos_token_ids[0],
+        )
+        self._generator = None
+
+    # Keep the batch's rows at hand: the rollout hook receives only prompts, and the retrieval metrics need the gold
+    # answers of the same rows.
+    def _generate_and_score_completions(self, inputs):
+        self._rollout_inputs = inputs
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout_inputs = None
+
+    def _search_rollout_func(self, prompts: list, trainer) -> dict:
+        mode = "train" if self.model.training else "eval"
+        prompt_ids = tokenize_prompts(
+            prompts, self.processing_class, chat_template=self.chat_template, **self.chat_template_kwargs
+        )
+        golden_answers = None
+        if self._rollout_inputs is not None and len(self._rollout_inputs) == len(prompts):
+            golden_answers = [row.get("golden_answers") for row in self._rollout_inputs]
+        if self.use_vllm:
+            raise NotImplementedError(
+                "vLLM generation for the search rollout is not available yet; set use_vllm=False."
+            )
+        output = self._rollout_with_transformers(prompt_ids, golden_answers)
+        self._log_rollout_metrics(output, mode)
+        samples = output.samples
+        return {
+            "prompt_ids": [sample.prompt_ids for sample in samples],
+            "completion_ids": [sample.completion_ids for sample in samples],
+            "logprobs": None,  # transformers sampling gives no logprobs; zeros would fake an off-policy correction
+            "env_mask": [sample.env_mask for sample in samples],
+            "num_searches": [sample.num_searches for sample in samples],
+            "search_queries": [sample.queries for sample in samples],
+            "retrieved_texts": [sample.retrieved_texts for sample in samples],
+            "answer_in_retrieval": [sample.answer_in_retrieval for sample in samples],
+        }
+
+    def _rollout_with_transformers(self, prompt_ids, golden_answers) -> RolloutOutput:
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False)
+            if hasattr(self, "_dist")
+            else nullcontext(),
+        ):
+            if self._generator is None:
+                self._generator = TransformersGenerator(
+                    unwrapped_model, self._tokenizer, self.generation_config, eos_token_ids=self.eos_token_ids
+                )
+            self._generator.model = unwrapped_model
+            self._generator.join_when_empty = self._forward_is_collective()
+            return self.search_rollout.run(
+                prompt_ids, self._generator, golden_answers, any_active=self._any_rank_active
+            )
+
+    def _forward_is_collective(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return False
+        if self.is_deepspeed_enabled:
+            plugin = self.accelerator.state.deepspeed_plugin
+            return plugin.zero_stage == 3 and not self.args.ds3_gather_for_generation
+        return self.is_fsdp_enabled
+
+    def _any_rank_active(self, local_active: bool) -> bool:
+        # Generation under ZeRO-3/FSDP is a collective: every rank must run the same number of turns.
+        if self.accelerator.num_processes == 1:
+            return local_active
+        flags = self.accelerator.gather(torch.tensor([int(local_active)], device=self.accelerator.device))
+        return bool(flags.sum().item() > 0)
+
+    def _log_rollout_metrics(self, output: RolloutOutput, mode: str) -> None:
+        samples = output.samples
+        device = self.accelerator.device
+        per_sample = torch.tensor(
+            [
+                [
+                    sample.num_searches,
+                    sample.num_invalid,
+                    sample.num_turns,
+                    float(sample.answered),
+                    len(sample.env_mask) - sum(sample.env_mask),
+                    len(sample.env_mask),
+                    float(bool(sample.answer_in_retrieval)),
+                    float(sample.answer_in_retrieval is not None),
+                ]
+                for sample in samples
+            ],
+            dtype=torch.float32,
+            device=device,
+        ).reshape(-1, 8)
+        totals = self.accelerator.gather(per_sample).sum(dim=0)
+        per_rank = self.accelerator.gather(
+            torch.tensor([[output.retriever_seconds, output.retriever_calls]], dtype=torch.float32, device=device)
+        )
+        count = max(self.accelerator.gather(torch.tensor([len(samples)], device=device)).sum().item(), 1)
+        searches, invalid, turns, answered, masked, total, in_retrieval, with_gold = totals.tolist()
+        metrics = self._metrics[mode]
+        metrics["search/searches_per_sample"].append(searches / count)
+        metrics["search/invalid_action_rate"].append(invalid / max(turns, 1))
+        metrics["search/masked_token_ratio"].append(masked / max(total, 1))
+        metrics["search/answered_ratio"].append(answered / count)
+        metrics["search/turns_per_sample"].append(turns / count)
+        metrics["search/retriever_seconds"].append(per_rank[:, 0].max().item())  # the slowest rank gates the step
+        metrics["search/retriever_calls"].append(per_rank[:, 1].max().item())
+        if with_gold:
+            metrics["search/answer_in_retrieval_ratio"].append(in_retrieval / with_gold)
