@@ -60,8 +60,8 @@ def resolve_retriever(spec):
     if spec is None or isinstance(spec, Retriever):
         return spec
     spec = os.fspath(spec)
-    if spec == "demo":
-        return BM25Retriever.build(DEMO_CORPUS_PATH)
+    if spec == "demo":  # a few hundred passages: numpy scoring is instant, numba would first spend seconds compiling
+        return BM25Retriever.build(DEMO_CORPUS_PATH, backend="numpy")
     if os.path.isfile(spec) and spec.endswith(".jsonl"):
         return BM25Retriever.build(spec)
     return load_retriever(spec)
@@ -235,8 +235,8 @@ def evaluate(
     Example:
         >>> results = evaluate("Qwen/Qwen2.5-3B", "http://127.0.0.1:8000/retrieve", "nq,hotpotqa", limit=100,
         ...                    output_dir="eval/qwen3b")  # doctest: +SKIP
-        >>> results["datasets"]["nq"]["em"], results["average"]["em"]  # doctest: +SKIP
-        (0.31, 0.27)
+        >>> sorted(results["datasets"]), sorted(results["average"])[:3]  # doctest: +SKIP
+        (['hotpotqa', 'nq'], ['answer_retrieved', 'answered', 'completion_tokens'])
     """
     from tqdm.auto import tqdm
 

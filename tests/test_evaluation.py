@@ -1,0 +1,202 @@
+import json
+import os
+
+import pytest
+
+from trl_search.cli import main
+from trl_search.data import DEFAULT_PROMPT_TEMPLATE, load_qa_dataset
+from trl_search.evaluation import evaluate, results_markdown, summarize
+from trl_search.rewards import cover_exact_match_reward, exact_match_reward, f1_reward
+from trl_search.rollout import GeneratedTurn
+
+
+def read_outputs(directory):
+    with open(os.path.join(directory, "results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    with open(os.path.join(directory, "trajectories.jsonl"), encoding="utf-8") as handle:
+        trajectories = [json.loads(line) for line in handle]
+    with open(os.path.join(directory, "results.md"), encoding="utf-8") as handle:
+        markdown = handle.read()
+    return results, trajectories, markdown
+
+
+def assert_consistent(results, trajectories):
+    """Every aggregate in results.json is recomputed here from the trajectory lines alone."""
+    assert sum(entry["num_questions"] for entry in results["datasets"].values()) == len(trajectories)
+    for name, metrics in results["datasets"].items():
+        rows = [row for row in trajectories if row["data_source"] == name]
+        completions, golds = [row["completion"] for row in rows], [row["golden_answers"] for row in rows]
+        assert metrics["em"] == pytest.approx(sum(exact_match_reward(completions, golds)) / len(rows))
+        assert metrics["f1"] == pytest.approx(sum(f1_reward(completions, golds)) / len(rows))
+        assert metrics["cover_em"] == pytest.approx(sum(cover_exact_match_reward(completions, golds)) / len(rows))
+        assert metrics["searches_per_question"] == pytest.approx(sum(row["num_searches"] for row in rows) / len(rows))
+        invalid, turns = sum(row["num_invalid"] for row in rows), sum(row["num_turns"] for row in rows)
+        assert metrics["invalid_action_rate"] == pytest.approx(invalid / turns)
+        assert all(len(row["queries"]) == row["num_searches"] for row in rows)
+    names = list(results["datasets"])
+    average_em = sum(results["datasets"][name]["em"] for name in names) / len(names)
+    assert results["average"]["em"] == pytest.approx(average_em)
+
+
+def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        "--model",
+        tiny_model_dir,
+        "--retriever",
+        "demo",
+        "--datasets",
+        "demo",
+        "--limit",
+        "4",
+        "--max_turns",
+        "1",
+        "--max_tokens_per_turn",
+        "12",
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
+    assert main(argv) == 0
+    results, trajectories, markdown = read_outputs(out)
+    assert len(trajectories) == 4
+    assert [row["id"] for row in trajectories] == load_qa_dataset("demo", limit=4)["id"]
+    assert_consistent(results, trajectories)
+    assert results["prompt_template"] == DEFAULT_PROMPT_TEMPLATE
+    assert results["conversational"] is True  # the tiny tokenizer has a chat template
+    assert results["rollout"]["max_turns"] == 1 and results["rollout"]["top_k"] == 3
+    assert results["retriever"]["class"] == "BM25Retriever"
+    assert results["model"] == tiny_model_dir
+    assert markdown.startswith("| Method | Demo | Avg. |\n|---|---|---|\n| search | ")
+    em = f"{results['datasets']['demo']['em']:.3f}"
+    assert f"| EM | {em} | {em} |" in markdown
+    for row in trajectories:  # the random model writes no valid action: every turn it takes is invalid
+        assert row["completion_tokens"] >= row["policy_tokens"] > 0
+        assert row["answer_retrieved"] in (True, False)
+
+
+class OracleGenerator:
+    """A `TurnGenerator` that searches for the question once, then answers it: right for the questions in `right`,
+    wrong for the others. Without a search budget (the baselines) it answers at once."""
+
+    def __init__(self, tokenizer, answers: dict[str, str], right: set[str]):
+        self.tokenizer, self.answers, self.right = tokenizer, answers, right
+        self.eos_token_ids = [tokenizer.eos_token_id]
+
+    def generate(self, contexts, max_new_tokens, stop_strings):
+        turns = []
+        for context, limit in zip(contexts, max_new_tokens):
+            text = self.tokenizer.decode(context, skip_special_tokens=True)
+            question = text.rsplit("Question: ", 1)[1].split("\n", 1)[0].strip()
+            answer = self.answers[question] if question in self.right else "Nobody Knows"
+            searched = "<information>" in text.split("Question: ")[-1]
+            if searched or "between <search>" not in text:
+                turn = f"<think>got it</think><answer> {answer} </answer>"
+            else:
+                turn = f"<think>look it up</think><search> {question} </search>"
+            ids = self.tokenizer(turn, add_special_tokens=False)["input_ids"][:limit]
+            turns.append(GeneratedTurn(token_ids=ids, stopped=len(ids) < limit or turn.endswith(tuple(stop_strings))))
+        return turns
+
+
+@pytest.fixture(scope="module")
+def demo_oracle(tiny_tokenizer):
+    dataset = load_qa_dataset("demo", limit=6)
+    answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
+    right = set(dataset["question"][::2])  # half right: EM 0.5
+    return OracleGenerator(tiny_tokenizer, answers, right)
+
+
+def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, tmp_path):
+    results = evaluate(
+        None,
+        "demo",
+        ["demo"],
+        tokenizer=tiny_tokenizer,
+        generator=demo_oracle,
+        limit=6,
+        output_dir=str(tmp_path),
+        batch_size=4,
+        conversational=False,
+        progress=False,
+    )
+    on_disk, trajectories, markdown = read_outputs(tmp_path)
+    assert on_disk["datasets"] == results["datasets"]
+    assert_consistent(results, trajectories)
+    demo = results["datasets"]["demo"]
+    assert demo["num_questions"] == 6
+    assert demo["em"] == pytest.approx(0.5)
+    assert demo["searches_per_question"] == 1.0 and demo["invalid_action_rate"] == 0.0
+    assert demo["answered"] == 1.0 and demo["format_valid"] == 1.0
+    # The demo's single-hop questions are answerable by a search for the question itself.
+    assert demo["answer_retrieved"] == pytest.approx(sum(row["answer_retrieved"] for row in trajectories) / 6)
+    assert demo["answer_retrieved"] > 0
+    for row in trajectories:
+        assert row["queries"] == [row["question"]]
+        assert row["em"] == float(row["answer"] == row["golden_answers"][0])
+        assert row["stop_reason"] == "answer"
+    assert "| search | 0.500 | 0.500 |" in markdown
+
+
+@pytest.mark.parametrize("baseline", ["direct", "rag"])
+def test_baselines_use_the_same_harness(baseline, tiny_tokenizer, demo_oracle, tmp_path):
+    results = evaluate(
+        None,
+        "demo",
+        "demo",
+        tokenizer=tiny_tokenizer,
+        generator=demo_oracle,
+        limit=6,
+        baseline=baseline,
+        output_dir=str(tmp_path),
+        conversational=False,
+        progress=False,
+    )
+    _, trajectories, markdown = read_outputs(tmp_path)
+    assert_consistent(results, trajectories)
+    demo = results["datasets"]["demo"]
+    assert results["rollout"]["max_turns"] == 0 and demo["searches_per_question"] == 0.0
+    assert demo["em"] == pytest.approx(0.5)
+    assert markdown.splitlines()[2].startswith(f"| {baseline} | 0.500 |")
+    if baseline == "direct":
+        assert results["retriever"] is None and demo["answer_retrieved"] is None
+        assert "{passages}" not in results["prompt_template"]
+    else:
+        assert results["retriever"]["class"] == "BM25Retriever"
+        assert all(row["prompt_passages"].startswith("Doc 1(Title: ") for row in trajectories)
+        assert demo["answer_retrieved"] > 0
+
+
+def test_summarize_and_markdown_layout():
+    row = {
+        "em": 0.0,
+        "f1": 0.5,
+        "cover_em": 1.0,
+        "num_searches": 2,
+        "num_invalid": 1,
+        "num_turns": 4,
+        "answer_retrieved": None,
+        "answered": True,
+        "format_valid": False,
+        "completion_tokens": 10,
+    }
+    summary = summarize([row, {**row, "em": 1.0, "num_invalid": 0}])
+    assert summary["em"] == 0.5 and summary["invalid_action_rate"] == 1 / 8 and summary["answer_retrieved"] is None
+    results = {"label": "Search-R1", "datasets": {"nq": summary, "hotpotqa": summary}, "average": summary}
+    lines = results_markdown(results).splitlines()
+    assert lines[:3] == [
+        "| Method | NQ | HotpotQA | Avg. |",
+        "|---|---|---|---|",
+        "| Search-R1 | 0.500 | 0.500 | 0.500 |",
+    ]
+    assert "| Gold answer retrieved | – | – | – |" in lines
+
+
+def test_evaluate_validates_its_arguments(tiny_tokenizer):
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate(None, None, "demo", tokenizer=tiny_tokenizer, baseline="oracle")
+    with pytest.raises(ValueError, match="retriever"):
+        evaluate(None, None, "demo", tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="tokenizer"):
+        evaluate(object(), "demo", "demo")
