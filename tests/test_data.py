@@ -101,6 +101,35 @@ def test_load_qa_dataset_from_hub_layout_prefers_test_then_dev(tmp_path):
         load_qa_dataset("musique", path=str(tmp_path))
 
 
+def test_load_qa_dataset_from_the_hub_falls_back_to_dev(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    write_jsonl(tmp_path / "dev.jsonl", flashrag_rows("dev", 3))
+    requested = []
+
+    def fake_download(repo_id, filename, repo_type):
+        requested.append((repo_id, filename, repo_type))
+        if filename.endswith("test.jsonl"):  # HotpotQA has no test split on the Hub
+            raise errors.RemoteEntryNotFoundError.__new__(errors.RemoteEntryNotFoundError)
+        return str(tmp_path / "dev.jsonl")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    dataset = load_qa_dataset("hotpotqa")
+    assert requested == [
+        ("RUC-NLPIR/FlashRAG_datasets", "hotpotqa/test.jsonl", "dataset"),
+        ("RUC-NLPIR/FlashRAG_datasets", "hotpotqa/dev.jsonl", "dataset"),
+    ]
+    assert dataset["id"] == ["hotpotqa/dev_0", "hotpotqa/dev_1", "hotpotqa/dev_2"]
+
+    def offline(repo_id, filename, repo_type):
+        raise errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(RuntimeError, match="--data_dir"):
+        load_qa_dataset("nq")
+
+
 def test_load_qa_dataset_from_parquet(tmp_path):
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -165,15 +165,20 @@ def _local_file(directory: str, name: str, split: str | None) -> tuple[str, str]
 
 def _hub_file(name: str, split: str | None) -> tuple[str, str]:
     """Downloads `<name>/<split>.jsonl` from FlashRAG's Hub repository (test, else dev, when no split is given)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import errors, hf_hub_download
 
+    missing_remotely = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
     for candidate_split in [split] if split else DEFAULT_SPLITS:
         try:
             path = hf_hub_download(FLASHRAG_REPO, f"{name}/{candidate_split}.jsonl", repo_type="dataset")
             return path, candidate_split
-        except EntryNotFoundError:
-            continue
+        except missing_remotely:
+            continue  # this set has no such split: try the next one
+        except (errors.LocalEntryNotFoundError, OSError) as error:
+            raise RuntimeError(
+                f"Could not download {name}/{candidate_split}.jsonl from {FLASHRAG_REPO} (offline?). Copy the files "
+                f"into a local directory as <dir>/{name}/<split>.jsonl and pass path=<dir> (--data_dir <dir>)."
+            ) from error
     raise ValueError(f"{FLASHRAG_REPO} has no {split or 'test or dev'} split for {name!r}.")
 
 
