@@ -94,9 +94,10 @@ def test_load_qa_dataset_from_hub_layout_prefers_test_then_dev(tmp_path):
     write_jsonl(tmp_path / "nq" / "dev.jsonl", flashrag_rows("dev", 5))
     write_jsonl(tmp_path / "hotpotqa" / "dev.jsonl", flashrag_rows("dev", 4))
     assert load_qa_dataset("nq", path=str(tmp_path))["id"] == ["nq/test_0", "nq/test_1"]
+    assert load_qa_dataset("nq", path=str(tmp_path)).split == "test"
     assert len(load_qa_dataset("nq", split="dev", path=str(tmp_path))) == 5
     hotpot = load_qa_dataset("hotpotqa", path=str(tmp_path), conversational=True, limit=3)
-    assert len(hotpot) == 3 and hotpot[0]["prompt"][0]["role"] == "user"
+    assert len(hotpot) == 3 and hotpot[0]["prompt"][0]["role"] == "user" and hotpot.split == "dev"
     with pytest.raises(FileNotFoundError, match="musique/<split>.jsonl"):
         load_qa_dataset("musique", path=str(tmp_path))
 

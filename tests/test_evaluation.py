@@ -68,6 +68,7 @@ def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
     assert results["rollout"]["max_turns"] == 1 and results["rollout"]["top_k"] == 3
     assert results["retriever"]["class"] == "BM25Retriever"
     assert results["model"] == tiny_model_dir
+    assert results["datasets"]["demo"]["split"] == "test"
     assert markdown.startswith("| Method | Demo | Avg. |\n|---|---|---|\n| search | ")
     em = f"{results['datasets']['demo']['em']:.3f}"
     assert f"| EM | {em} | {em} |" in markdown

@@ -260,6 +260,8 @@ def load_qa_dataset(
         conversational: make each prompt a one-message conversation (for chat models).
         limit: keep the first `limit` rows (after dropping unusable ones).
 
+    The split that was read is `dataset.split` (None for a single file given as `path`).
+
     Example:
         >>> dataset = load_qa_dataset("demo", limit=2)
         >>> dataset.column_names
@@ -288,8 +290,9 @@ def load_qa_dataset(
         raise ValueError(f"{file_path} has no usable rows (each needs a non-empty question and a gold answer).")
     if limit is not None:
         rows = rows[:limit]
-    logger.info("Loaded %d questions of %s (%s) from %s.", len(rows), name, split or row_split or "file", file_path)
-    return Dataset.from_list(rows)
+    split = split or row_split
+    logger.info("Loaded %d questions of %s (%s) from %s.", len(rows), name, split or "whole file", file_path)
+    return Dataset.from_list(rows, split=split)  # `dataset.split` tells which split the default chose
 
 
 def make_training_mix(

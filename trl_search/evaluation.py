@@ -209,6 +209,7 @@ def evaluate(
     max_completion_length: int = 2048,
     prompt_template: str | None = None,
     conversational: bool | None = None,
+    chat_template_kwargs: dict | None = None,
     label: str | None = None,
     generator=None,
     dtype: str = "auto",
@@ -230,6 +231,7 @@ def evaluate(
         prompt_template: overrides the template of the mode (`DEFAULT_PROMPT_TEMPLATE`, `DIRECT_PROMPT_TEMPLATE`,
             `RAG_PROMPT_TEMPLATE`).
         conversational: wrap prompts as a user message for the chat template; default: when the tokenizer has one.
+        chat_template_kwargs: extra arguments for `apply_chat_template` (e.g. `{"enable_thinking": False}`).
         generator: a `TurnGenerator` to use instead of `TransformersGenerator` (e.g. vLLM).
 
     Example:
@@ -296,7 +298,9 @@ def evaluate(
                     make_search_prompt(question, prompt_template, conversational, passages=text)
                     for question, text in zip(questions, passages)
                 ]
-                output = rollout.run(tokenize_prompts(prompts, tokenizer), generator, golden_answers=golds)
+                output = rollout.run(
+                    tokenize_prompts(prompts, tokenizer, chat_template_kwargs), generator, golden_answers=golds
+                )
                 retriever_seconds += output.retriever_seconds
                 for index, sample in enumerate(output.samples):
                     text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
@@ -323,8 +327,8 @@ def evaluate(
             trajectories_file.close()
 
     per_dataset = {name: summarize(records) for name, records in records_by_dataset.items()}
-    for name in per_dataset:
-        per_dataset[name]["split"] = split or "default (test, else dev)"
+    for name, dataset in loaded.items():
+        per_dataset[name]["split"] = str(dataset.split) if dataset.split is not None else None
     average = {key: _mean(per_dataset[name][key] for name in names) for key in METRICS}  # macro average, as the paper
     results = {
         "label": label or (baseline or "search"),
@@ -334,6 +338,7 @@ def evaluate(
         "average": average,
         "prompt_template": prompt_template,
         "conversational": conversational,
+        "chat_template_kwargs": chat_template_kwargs,
         "rollout": settings,
         "generation": {"do_sample": False, "batch_size": batch_size, "generator": type(generator).__name__},
         "retriever": retriever.describe() if retriever is not None else None,
