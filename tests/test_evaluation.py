@@ -52,7 +52,7 @@ def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
         "4",
         "--max_turns",
         "1",
-        "--max_tokens_per_turn",
+        "--max-tokens-per-turn",
         "12",
         "--output_dir",
         str(out),

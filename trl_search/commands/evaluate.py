@@ -7,7 +7,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declares the options of `trl-search eval`.
+    """Declares the options of `trl-search eval`; multi-word options take `_` or `-` (`--data_dir`, `--data-dir`).
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -31,17 +31,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="questions per dataset (default: all)")
     parser.add_argument("--baseline", choices=["direct", "rag"], default=None, help="no retrieval, or retrieve once")
-    parser.add_argument("--data_dir", default=None, help="local copy of the data: DIR/<name>/<split>.jsonl")
+    parser.add_argument(
+        "--data_dir", "--data-dir", default=None, help="local copy of the data: DIR/<name>/<split>.jsonl"
+    )
     parser.add_argument("--split", default=None, help="split to evaluate (default: test, else dev)")
-    parser.add_argument("--output_dir", default="eval_results", help="where results.json/.md and trajectories go")
+    parser.add_argument(
+        "--output_dir", "--output-dir", default="eval_results", help="where results.json/.md and trajectories go"
+    )
     parser.add_argument("--label", default=None, help="row label in the markdown table")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_turns", type=int, default=4, help="maximum searches per question")
-    parser.add_argument("--top_k", type=int, default=3, help="passages per search")
-    parser.add_argument("--max_obs_length", type=int, default=500, help="maximum tokens per observation")
-    parser.add_argument("--max_tokens_per_turn", type=int, default=500)
-    parser.add_argument("--max_completion_length", type=int, default=2048)
-    parser.add_argument("--prompt_template_file", default=None, help="a text file with a {question} placeholder")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    parser.add_argument("--max_turns", "--max-turns", type=int, default=4, help="maximum searches per question")
+    parser.add_argument("--top_k", "--top-k", type=int, default=3, help="passages per search")
+    parser.add_argument(
+        "--max_obs_length", "--max-obs-length", type=int, default=500, help="maximum tokens per observation"
+    )
+    parser.add_argument("--max_tokens_per_turn", "--max-tokens-per-turn", type=int, default=500)
+    parser.add_argument("--max_completion_length", "--max-completion-length", type=int, default=2048)
+    parser.add_argument(
+        "--prompt_template_file",
+        "--prompt-template-file",
+        default=None,
+        help="a text file with a {question} placeholder",
+    )
     parser.add_argument(
         "--chat",
         choices=["auto", "yes", "no"],
@@ -50,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
