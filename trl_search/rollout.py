@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from .protocols import Action, get_protocol
-from .retrievers.base import Passage, Retriever
+from .retrievers.base import Retriever
 from .rewards import normalize_answer
 
 
@@ -317,7 +317,7 @@ class SearchRollout:
                 self._apply_action(sample, action, can_search, turn_output.stopped, pending_searches, pending_feedback)
             self._answer_searches(pending_searches, golds, samples, output)
             for sample in pending_feedback:
-                self._inject(sample, [], feedback=True)
+                self._inject_feedback(sample)
         for sample in samples:
             if not sample.finished:  # only reachable if a rank kept looping for others: nothing left to do
                 sample.stop_reason = "truncated"
@@ -359,12 +359,16 @@ class SearchRollout:
                 self._finish(sample, "invalid" if stopped else "truncated")
 
     def _answer_searches(self, pending, golds, samples, output: RolloutOutput) -> None:
-        if not pending:
+        # A collective retriever (queries gathered across ranks) is called every turn, even with nothing to ask.
+        collective = getattr(self.retriever, "is_collective", False)
+        if not pending and not collective:
             return
         unique_queries = list(dict.fromkeys(query for _, query in pending))  # GRPO groups repeat queries
         start = time.perf_counter()
         results = self.retriever.search(unique_queries, k=self.top_k)
         output.retriever_seconds += time.perf_counter() - start
+        if not pending:
+            return
         output.retriever_calls += 1
         output.queries_sent += len(unique_queries)
         if len(results) != len(unique_queries):
@@ -372,11 +376,15 @@ class SearchRollout:
                 f"{type(self.retriever).__name__}.search returned {len(results)} result lists for "
                 f"{len(unique_queries)} queries; a retriever must return exactly one list per query."
             )
-        by_query = dict(zip(unique_queries, results))
+        # Render and tokenise each distinct result once, in one batched call: per-sample tokenizer calls dominated
+        # the rollout's own cost (benchmarks/bench_rollout_overhead.py).
+        bodies = [self.protocol.render_passages(list(passages)[: self.top_k]) for passages in results]
+        distinct_bodies = list(dict.fromkeys(bodies))  # paraphrased queries often retrieve the same passages
+        ids_of = dict(zip(distinct_bodies, self.tokenizer(distinct_bodies, add_special_tokens=False)["input_ids"]))
+        observation_of = {query: (body, ids_of[body]) for query, body in zip(unique_queries, bodies)}
         index_of = {id(sample): index for index, sample in enumerate(samples)}
         for sample, query in pending:
-            passages: list[Passage] = list(by_query[query])[: self.top_k]
-            seen_text = self._inject(sample, passages)
+            seen_text = self._inject(sample, *observation_of[query])
             if seen_text is not None:
                 sample.retrieved_texts.append(seen_text)
                 sample_golds = golds[index_of[id(sample)]]
@@ -384,23 +392,20 @@ class SearchRollout:
                     found = any(f" {gold} " in f" {normalize_answer(seen_text)} " for gold in sample_golds if gold)
                     sample.answer_in_retrieval = sample.answer_in_retrieval or found
 
-    def _inject(self, sample: SampleTrajectory, passages: list[Passage], feedback: bool = False) -> str | None:
-        """Appends an observation (or the invalid-action feedback) within the budget; returns the body as seen."""
+    def _inject_feedback(self, sample: SampleTrajectory) -> None:
+        """Appends the invalid-action feedback, or ends the sample as truncated if it no longer fits."""
+        if len(self._feedback_ids) > self._room(sample) - 2:
+            sample.stop_reason = "truncated"
+        else:
+            sample.extend(self._feedback_ids, self.observation_mask)
+
+    def _inject(self, sample: SampleTrajectory, body: str, body_ids: list[int]) -> str | None:
+        """Appends an observation cut to fit `max_obs_length` and the budget; returns the body as the policy sees it."""
         room = self._room(sample) - 2  # leave room for at least one generated token and the final EOS
-        if feedback:
-            ids = self._feedback_ids[: max(room, 0)]
-            if len(ids) < len(self._feedback_ids):
-                sample.stop_reason = "truncated"
-                return None
-            sample.extend(ids, self.observation_mask)
-            return None
-        limit = min(self.max_obs_length, room)
-        body_room = limit - len(self._open_ids) - len(self._close_ids)
+        body_room = min(self.max_obs_length, room) - len(self._open_ids) - len(self._close_ids)
         if body_room < 1:
             sample.stop_reason = "truncated"  # no room left to show the passages
             return None
-        body = self.protocol.render_passages(passages)
-        body_ids = self._encode(body)
         if len(body_ids) > body_room:
             body_ids = body_ids[:body_room]
             body = self.tokenizer.decode(body_ids, skip_special_tokens=True)
