@@ -49,6 +49,9 @@ class EncoderConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
+        self.model = os.fspath(self.model)
+        if os.path.isdir(self.model):  # a local directory is recorded absolute so the index loads from anywhere
+            self.model = os.path.abspath(self.model)
         if self.backend not in ("auto", "sentence_transformers", "transformers"):
             raise ValueError(
                 f"backend must be 'auto', 'sentence_transformers' or 'transformers'; got {self.backend!r}."
@@ -131,6 +134,9 @@ class Encoder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        # Tokenising a huge text only to truncate it is slow; no max_length-token prefix is longer than this cut.
+        limit = self.config.max_length * 32
+        texts = [text[:limit] for text in texts]
         if self.backend == "sentence_transformers":
             vectors = self._model.encode(
                 texts,
