@@ -29,6 +29,10 @@ class SearchGRPOConfig(GRPOConfig):
             Exclude retrieved (and any other injected) tokens from the loss, the KL and the policy metrics.
         search_protocol (`str`, *optional*, defaults to `"tags"`):
             How the policy searches and answers. `"tags"`: Search-R1's `<search>`/`<information>`/`<answer>` tags.
+        gather_retrieval_queries (`bool`, *optional*, defaults to `False`):
+            With several processes, gather the queries of all ranks to the main process for one retriever call per
+            turn and scatter the passages back (one index or server connection for the whole job). By default each
+            rank sends its own batch (to its in-process retriever or to its node's server).
 
     Example:
         >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3, bf16=False, report_to="none")
@@ -79,6 +83,14 @@ class SearchGRPOConfig(GRPOConfig):
     search_protocol: str = field(
         default="tags",
         metadata={"help": "How the policy searches and answers.", "choices": ["tags"]},
+    )
+    gather_retrieval_queries: bool = field(
+        default=False,
+        metadata={
+            "help": "With several processes, send the queries of all ranks to the main process for one retriever call "
+            "per turn and scatter the passages back. By default each rank queries its own retriever (or its node's "
+            "server)."
+        },
     )
 
     def __post_init__(self):

@@ -10,10 +10,12 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from .gathered_retrieval import GatheredRetriever
 from .retrievers.base import Retriever, load_retriever
 from .rewards import exact_match_reward
 from .rollout import RolloutOutput, SearchRollout, TransformersGenerator, tokenize_prompts
 from .search_grpo_config import SearchGRPOConfig
+from .vllm_generation import make_vllm_generator
 
 
 class SearchGRPOTrainer(GRPOTrainer):
@@ -109,6 +111,8 @@ class SearchGRPOTrainer(GRPOTrainer):
         finally:
             args.top_k = retrieval_top_k
 
+        if args.gather_retrieval_queries and self.accelerator.num_processes > 1:
+            retriever = GatheredRetriever(retriever, self.accelerator)
         self.search_rollout = SearchRollout(
             retriever,
             self._tokenizer,
@@ -122,6 +126,7 @@ class SearchGRPOTrainer(GRPOTrainer):
             eos_token_id=self.eos_token_ids[0],
         )
         self._generator = None
+        self._vllm_generator = None
 
     # Keep the batch's rows at hand: the rollout hook receives only prompts, and the retrieval metrics need the gold
     # answers of the same rows.
@@ -141,16 +146,20 @@ class SearchGRPOTrainer(GRPOTrainer):
         if self._rollout_inputs is not None and len(self._rollout_inputs) == len(prompts):
             golden_answers = [row.get("golden_answers") for row in self._rollout_inputs]
         if self.use_vllm:
-            raise NotImplementedError(
-                "vLLM generation for the search rollout is not available yet; set use_vllm=False."
-            )
-        output = self._rollout_with_transformers(prompt_ids, golden_answers)
+            output = self._rollout_with_vllm(prompt_ids, golden_answers)
+        else:
+            output = self._rollout_with_transformers(prompt_ids, golden_answers)
         self._log_rollout_metrics(output, mode)
         samples = output.samples
+        # vLLM reports the sampling logprob of every generated token (injected tokens carry 0.0 and are masked);
+        # transformers sampling gives none, and zeros would fake an off-policy correction.
+        logprobs = None
+        if self.use_vllm and all(sample.logprobs is not None for sample in samples):
+            logprobs = [sample.logprobs for sample in samples]
         return {
             "prompt_ids": [sample.prompt_ids for sample in samples],
             "completion_ids": [sample.completion_ids for sample in samples],
-            "logprobs": None,  # transformers sampling gives no logprobs; zeros would fake an off-policy correction
+            "logprobs": logprobs,
             "env_mask": [sample.env_mask for sample in samples],
             "num_searches": [sample.num_searches for sample in samples],
             "search_queries": [sample.queries for sample in samples],
@@ -180,6 +189,19 @@ class SearchGRPOTrainer(GRPOTrainer):
             self._generator.join_when_empty = self._forward_is_collective()
             return self.search_rollout.run(
                 prompt_ids, self._generator, golden_answers, any_active=self._any_rank_active
+            )
+
+    def _rollout_with_vllm(self, prompt_ids, golden_answers) -> RolloutOutput:
+        # TRL's `_generate` has already pushed the current weights into the engine (`vllm_generation.sync_weights`).
+        if self._vllm_generator is None:
+            self._vllm_generator = make_vllm_generator(self.vllm_generation, self._tokenizer, self.eos_token_ids)
+        with self._vllm_generator.session(self.vllm_generation):
+            return self.search_rollout.run(
+                prompt_ids,
+                self._vllm_generator,
+                golden_answers,
+                any_active=self._any_rank_active,
+                with_logprobs=True,
             )
 
     def _forward_is_collective(self) -> bool:
