@@ -4,7 +4,7 @@ import os
 import pytest
 
 from trl_search.cli import main
-from trl_search.data import DEFAULT_PROMPT_TEMPLATE, load_qa_dataset
+from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_QUESTIONS_PATH, load_qa_dataset
 from trl_search.evaluation import evaluate, results_markdown, summarize
 from trl_search.rewards import cover_exact_match_reward, exact_match_reward, f1_reward
 from trl_search.rollout import GeneratedTurn
@@ -138,6 +138,40 @@ def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, 
         assert row["em"] == float(row["answer"] == row["golden_answers"][0])
         assert row["stop_reason"] == "answer"
     assert "| search | 0.500 | 0.500 |" in markdown
+
+
+def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, demo_oracle, tmp_path):
+    # Demo questions laid out as FlashRAG's Hub repository, under two of the paper's dataset names.
+    with open(DEMO_QUESTIONS_PATH, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle][:6]
+    for name, part in (("nq", rows[:4]), ("hotpotqa", rows[4:])):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
+    results = evaluate(
+        None,
+        "demo",
+        "hotpotqa,nq",
+        tokenizer=tiny_tokenizer,
+        generator=demo_oracle,
+        batch_size=3,
+        data_dir=str(tmp_path / "data"),
+        output_dir=str(tmp_path / "out"),
+        label="oracle",
+        conversational=False,
+        progress=False,
+    )
+    _, trajectories, markdown = read_outputs(tmp_path / "out")
+    assert_consistent(results, trajectories)
+    assert results["complete"] and list(results["datasets"]) == ["hotpotqa", "nq"]
+    assert [results["datasets"][name]["num_questions"] for name in ("hotpotqa", "nq")] == [2, 4]
+    assert {results["datasets"][name]["split"] for name in ("hotpotqa", "nq")} == {"test"}
+    # The oracle is right on questions 0, 2 and 4: EM 1/2 on both sets, and the average is over datasets.
+    assert results["datasets"]["nq"]["em"] == 0.5 and results["datasets"]["hotpotqa"]["em"] == 0.5
+    assert markdown.splitlines()[:3] == [
+        "| Method | HotpotQA | NQ | Avg. |",
+        "|---|---|---|---|",
+        "| oracle | 0.500 | 0.500 | 0.500 |",
+    ]
 
 
 @pytest.mark.parametrize("baseline", ["direct", "rag"])

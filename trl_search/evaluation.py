@@ -273,82 +273,101 @@ def evaluate(
         "mask_retrieved_tokens": True,
     }
     rollout = SearchRollout(retriever, tokenizer, **settings)
-    protocol = get_protocol("tags")
     loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}
-
-    trajectories_file = None
-    if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
-        trajectories_file = open(os.path.join(output_dir, "trajectories.jsonl"), "w", encoding="utf-8")
-    records_by_dataset, retriever_seconds, start = {}, 0.0, time.perf_counter()
-    total_em, done = 0.0, 0
-    bar = tqdm(total=sum(len(dataset) for dataset in loaded.values()), unit="q", desc="eval", disable=not progress)
-    try:
-        for name, dataset in loaded.items():
-            records = records_by_dataset[name] = []
-            for first in range(0, len(dataset), batch_size):
-                batch = dataset[first : first + batch_size]
-                questions, golds = batch["question"], batch["golden_answers"]
-                passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
-                if baseline == "rag":
-                    hits = retriever.search(list(questions), k=top_k)
-                    passages = [protocol.render_passages(found) for found in hits]
-                    rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
-                prompts = [
-                    make_search_prompt(question, prompt_template, conversational, passages=text)
-                    for question, text in zip(questions, passages)
-                ]
-                output = rollout.run(
-                    tokenize_prompts(prompts, tokenizer, chat_template_kwargs), generator, golden_answers=golds
-                )
-                retriever_seconds += output.retriever_seconds
-                for index, sample in enumerate(output.samples):
-                    text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
-                    record = {
-                        "id": batch["id"][index],
-                        "data_source": name,
-                        "question": questions[index],
-                        "golden_answers": golds[index],
-                        "completion": text,
-                        **_score(sample, text, golds[index], rag_retrieved[index], baseline),
-                    }
-                    if baseline == "rag":
-                        record["prompt_passages"] = passages[index]
-                    records.append(record)
-                    total_em += record["em"]
-                    if trajectories_file is not None:
-                        trajectories_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                done += len(output.samples)
-                bar.update(len(output.samples))
-                bar.set_postfix(dataset=name, em=f"{total_em / done:.3f}")
-    finally:
-        bar.close()
-        if trajectories_file is not None:
-            trajectories_file.close()
-
-    per_dataset = {name: summarize(records) for name, records in records_by_dataset.items()}
-    for name, dataset in loaded.items():
-        per_dataset[name]["split"] = str(dataset.split) if dataset.split is not None else None
-    average = {key: _mean(per_dataset[name][key] for name in names) for key in METRICS}  # macro average, as the paper
-    results = {
+    run_info = {
         "label": label or (baseline or "search"),
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
         "baseline": baseline,
-        "datasets": per_dataset,
-        "average": average,
         "prompt_template": prompt_template,
         "conversational": conversational,
         "chat_template_kwargs": chat_template_kwargs,
         "rollout": settings,
         "generation": {"do_sample": False, "batch_size": batch_size, "generator": type(generator).__name__},
         "retriever": retriever.describe() if retriever is not None else None,
-        "retriever_seconds": retriever_seconds,
-        "elapsed_seconds": time.perf_counter() - start,
         "trl_search_version": __version__,
     }
+
     if output_dir is not None:
-        with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2, ensure_ascii=False)
-        with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
-            handle.write(results_markdown(results))
+        os.makedirs(output_dir, exist_ok=True)
+    trajectories_path = os.path.join(output_dir, "trajectories.jsonl") if output_dir is not None else os.devnull
+    per_dataset, retriever_seconds, start = {}, 0.0, time.perf_counter()
+    total_em, done = 0.0, 0
+    bar = tqdm(total=sum(len(dataset) for dataset in loaded.values()), unit="q", desc="eval", disable=not progress)
+    with bar, open(trajectories_path, "w", encoding="utf-8") as trajectories_file:
+        for name, dataset in loaded.items():
+            records = []
+            for first in range(0, len(dataset), batch_size):
+                batch = dataset[first : first + batch_size]
+                batch_records, seconds = _evaluate_batch(
+                    batch,
+                    name,
+                    rollout,
+                    generator,
+                    tokenizer,
+                    retriever,
+                    baseline,
+                    top_k,
+                    prompt_template,
+                    conversational,
+                    chat_template_kwargs,
+                )
+                retriever_seconds += seconds
+                records.extend(batch_records)
+                trajectories_file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in batch_records)
+                trajectories_file.flush()
+                total_em, done = total_em + sum(record["em"] for record in batch_records), done + len(batch_records)
+                bar.update(len(batch_records))
+                bar.set_postfix(dataset=name, em=f"{total_em / done:.3f}")
+            per_dataset[name] = {**summarize(records), "split": None if dataset.split is None else str(dataset.split)}
+            # Written after every dataset, so that a long run that stops early keeps the finished columns.
+            results = {
+                **run_info,
+                "complete": len(per_dataset) == len(loaded),
+                "datasets": per_dataset,
+                "average": {key: _mean(metrics[key] for metrics in per_dataset.values()) for key in METRICS},
+                "retriever_seconds": retriever_seconds,
+                "elapsed_seconds": time.perf_counter() - start,
+            }
+            if output_dir is not None:
+                _write_results(results, output_dir)
     return results
+
+
+def _evaluate_batch(
+    batch, name, rollout, generator, tokenizer, retriever, baseline, top_k, template, conversational, chat_kwargs
+) -> tuple[list[dict], float]:
+    """Rolls out one batch of questions and scores it; returns the trajectory records and the retrieval time."""
+    questions, golds = batch["question"], batch["golden_answers"]
+    passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
+    if baseline == "rag":  # one retrieval for the question itself, shown in the prompt
+        protocol = get_protocol("tags")
+        hits = retriever.search(list(questions), k=top_k)
+        passages = [protocol.render_passages(found) for found in hits]
+        rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
+    prompts = [
+        make_search_prompt(question, template, conversational, passages=text)
+        for question, text in zip(questions, passages)
+    ]
+    output = rollout.run(tokenize_prompts(prompts, tokenizer, chat_kwargs), generator, golden_answers=golds)
+    records = []
+    for index, sample in enumerate(output.samples):
+        text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
+        record = {
+            "id": batch["id"][index],
+            "data_source": name,
+            "question": questions[index],
+            "golden_answers": golds[index],
+            "completion": text,
+            **_score(sample, text, golds[index], rag_retrieved[index], baseline),
+        }
+        if baseline == "rag":
+            record["prompt_passages"] = passages[index]
+        records.append(record)
+    return records, output.retriever_seconds
+
+
+def _write_results(results: dict, output_dir: str) -> None:
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, ensure_ascii=False)
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
+        handle.write(results_markdown(results))
