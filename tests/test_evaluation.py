@@ -235,3 +235,7 @@ def test_evaluate_validates_its_arguments(tiny_tokenizer):
         evaluate(None, None, "demo", tokenizer=tiny_tokenizer)
     with pytest.raises(ValueError, match="tokenizer"):
         evaluate(object(), "demo", "demo")
+    with pytest.raises(ValueError, match="passages"):  # caught before any model is loaded
+        evaluate("no/such-model", "demo", "demo", baseline="rag", prompt_template="{question}")
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        evaluate("no/such-model", "demo", "demo,nope")

@@ -254,14 +254,16 @@ def evaluate(
     retriever = resolve_retriever(retriever) if baseline != "direct" else None
     if baseline != "direct" and retriever is None:
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
-    model, tokenizer = _load_model(model, tokenizer, dtype, device)
-    if generator is None:
-        generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
-    if conversational is None:
-        conversational = getattr(tokenizer, "chat_template", None) is not None
     if prompt_template is None:
         prompt_template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}
         prompt_template = prompt_template[baseline]
+    make_search_prompt("?", prompt_template, passages="" if baseline == "rag" else None)  # a bad template fails now
+    loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}  # before the slow load
+    model, tokenizer = _load_model(model, tokenizer, dtype, device)
+    if generator is None:
+        generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
+    if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
+        conversational = getattr(tokenizer, "chat_template", None) is not None
     turns = max_turns if baseline is None else 0  # the baselines answer in one turn
     settings = {
         "protocol": "tags",
@@ -273,7 +275,6 @@ def evaluate(
         "mask_retrieved_tokens": True,
     }
     rollout = SearchRollout(retriever, tokenizer, **settings)
-    loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}
     run_info = {
         "label": label or (baseline or "search"),
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
