@@ -50,8 +50,9 @@ def adopt_faiss_index(
     """
     from .retrievers.dense import DenseRetriever
 
+    encoder_device = options.pop("device", None)
     retriever = DenseRetriever.from_faiss(
-        faiss_index, corpus, encoder=encoder, device="cpu", backend="faiss", **options
+        faiss_index, corpus, encoder=encoder, device="cpu", backend="faiss", encoder_device=encoder_device, **options
     )
     retriever.save(out)
     return retriever

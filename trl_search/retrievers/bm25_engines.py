@@ -17,6 +17,24 @@ def _require(module: str, extra: str):
         ) from error
 
 
+_NUMBA_CACHE_ENABLED = False
+
+
+def _enable_numba_cache() -> None:
+    """Caches bm25s's compiled numba kernels on disk: compiling them costs ~12 s in every new process otherwise."""
+    global _NUMBA_CACHE_ENABLED
+    if _NUMBA_CACHE_ENABLED:
+        return
+    _NUMBA_CACHE_ENABLED = True
+    try:
+        from bm25s.numba import retrieve_utils
+
+        for name in ("_retrieve_internal_jitted_serial", "_retrieve_internal_jitted_parallel"):
+            getattr(retrieve_utils, name).enable_caching()
+    except Exception:  # a private hook of bm25s: without it everything still works, only slower to start
+        pass
+
+
 class BM25sEngine:
     """bm25s: sparse precomputed scores; the numba backend answers thousands of queries per second per core."""
 
@@ -25,6 +43,8 @@ class BM25sEngine:
     defaults = {"k1": 0.9, "b": 0.4}
 
     def __init__(self, model, n_threads: int = 1):
+        if model.backend == "numba":
+            _enable_numba_cache()
         self.model = model
         self.n_threads = n_threads
 
@@ -168,7 +188,8 @@ class RankBM25Engine:
     """rank-bm25 (pure Python, BM25Okapi): the reference implementation, kept for compatibility and as a baseline.
 
     It scores every document for every query, so it is orders of magnitude slower; it keeps no files of its own and
-    re-tokenises the stored passages on load.
+    re-tokenises the stored passages on load. Its Okapi idf is floored (epsilon x mean idf) for terms in half the
+    passages or more, so on a tiny corpus such terms may score 0 and match nothing.
     """
 
     name = "rank_bm25"

@@ -160,11 +160,13 @@ class DenseRetriever(Retriever):
         backend: str = "auto",
         ef_search: int | None = None,
         nprobe: int | None = None,
+        encoder_device: str | None = None,
         **encoder_options,
     ) -> DenseRetriever:
         """Opens a FAISS index file and the JSONL corpus it was built from, in place (e.g. Search-R1's
         `e5_Flat.index` + `wiki-18.jsonl` with `encoder="intfloat/e5-base-v2"`, whose `query: ` prefix and mean
         pooling are picked automatically). `save()` then writes a small directory that refers to both files.
+        `device` is where to search (see `load`), `encoder_device` where to encode queries.
 
         Example:
             >>> retriever = DenseRetriever.from_faiss(  # doctest: +SKIP
@@ -174,6 +176,8 @@ class DenseRetriever(Retriever):
         index_path, corpus = os.path.abspath(os.fspath(index_path)), os.path.abspath(os.fspath(corpus))
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"FAISS index file not found: {index_path}.")
+        if encoder_device is not None:
+            encoder_options["device"] = encoder_device
         encoder = _make_encoder(encoder, encoder_options)
         store = PassageStore.open_jsonl(corpus)
         vectors = cls._open_vectors(index_path, device, backend, ef_search, nprobe, mmap=False)

@@ -1,0 +1,282 @@
+"""The /retrieve server over real loopback HTTP: Search-R1's contract, batching, limits, auth, failures, restarts."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+
+requests = pytest.importorskip("requests")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from trl_search.retrievers import BM25Retriever, RemoteRetriever  # noqa: E402
+from trl_search.retrievers.remote import (  # noqa: E402
+    RetrieverRequestError,
+    RetrieverUnavailableError,
+    passage_from_document,
+)
+from trl_search.server import ServerConfig, ServerThread  # noqa: E402
+
+
+CORPUS = os.path.join(os.path.dirname(__file__), "data", "retrieval_corpus.jsonl")
+LIMITS = ServerConfig(max_queries=8, max_query_chars=200, max_topk=5, max_body_bytes=20_000)
+
+
+@pytest.fixture(scope="module")
+def bm25():
+    return BM25Retriever.build(CORPUS, engine="tantivy")
+
+
+@pytest.fixture(scope="module")
+def server(bm25):
+    with ServerThread(bm25, config=LIMITS) as running:
+        yield running
+
+
+def post(server, body, **kwargs):
+    return requests.post(server.url, json=body, timeout=10, **kwargs)
+
+
+def test_search_r1_response_shape_with_scores(server, bm25):
+    response = post(server, {"queries": ["Who founded Brantis?", "cave cheese"], "topk": 3, "return_scores": True})
+    assert response.status_code == 200
+    result = response.json()["result"]
+    direct = bm25.search(["Who founded Brantis?", "cave cheese"], k=3)
+    assert len(result) == 2
+    for hits, expected in zip(result, direct):
+        assert [set(hit) for hit in hits] == [{"document", "score"}] * len(expected)
+        assert [set(hit["document"]) for hit in hits] == [{"id", "contents"}] * len(expected)
+        assert [hit["document"]["id"] for hit in hits] == [p.id for p in expected]
+        assert [hit["document"]["contents"] for hit in hits] == [f'"{p.title}"\n{p.text}' for p in expected]
+        assert [hit["score"] for hit in hits] == pytest.approx([p.score for p in expected])
+
+
+def test_search_r1_response_shape_without_scores_and_defaults(server, bm25):
+    # Search-R1 defaults: return_scores false (bare documents), topk from the server (3).
+    response = post(server, {"queries": ["Who founded Brantis?"]})
+    assert response.status_code == 200
+    hits = response.json()["result"][0]
+    assert [set(hit) for hit in hits] == [{"id", "contents"}] * 3
+    assert [hit["id"] for hit in hits] == [p.id for p in bm25.search(["Who founded Brantis?"], 3)[0]]
+    assert post(server, {"queries": [], "topk": 3}).json() == {"result": []}
+    assert post(server, {"queries": ["the of"], "topk": 3, "extra": 1}).json() == {"result": [[]]}
+
+
+def test_remote_retriever_matches_direct_search_and_splits_batches(server, bm25):
+    queries = ["Who founded Brantis?", "copper bridges", "", "heather honey", "storm of 1955", "Ærøvik"] * 3
+    health = requests.get(server.url.replace("/retrieve", "/health"), timeout=5).json()
+    client = RemoteRetriever(server.url, max_batch_size=4)
+    remote = client.search(queries, k=3)
+    assert remote == bm25.search(queries, k=3)
+    after = client.health()
+    assert after["status"] == "ok" and after["retriever"]["engine"] == "tantivy"
+    assert after["requests"] - health["requests"] == 5  # 18 queries in requests of at most 4
+
+
+def test_concurrent_clients_are_merged_into_batches(bm25):
+    class SlowRetriever(BM25Retriever):
+        """Real BM25, with a search slow enough that concurrent requests pile up behind it."""
+
+        def __init__(self):
+            super().__init__(bm25._engine, bm25._store, bm25.parameters)
+
+        def search(self, queries, k):
+            time.sleep(0.05)
+            return super().search(queries, k)
+
+    queries = ["Who founded Brantis?", "cave cheese", "tin mines", "glass market", "rack railway"]
+    expected = bm25.search(queries, k=3)
+    errors, answers = [], []
+
+    def client(i):
+        try:
+            remote = RemoteRetriever(server.url)
+            for j in range(5):
+                shifted = queries[(i + j) % 5 :] + queries[: (i + j) % 5]
+                answers.append((shifted, remote.search(shifted, k=1 + (i % 3))))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    with ServerThread(SlowRetriever(), config=ServerConfig(batch_wait_ms=5)) as server:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        health = requests.get(server.url.replace("/retrieve", "/health"), timeout=5).json()
+    assert not errors
+    assert len(answers) == 40
+    by_query = dict(zip(queries, expected))
+    for shifted, result in answers:
+        for query, hits in zip(shifted, result):
+            assert hits == by_query[query][: len(hits)] and 1 <= len(hits) <= 3
+    assert health["requests"] == 40
+    assert health["batches"] <= 20, f"40 concurrent requests should share batches, got {health['batches']}"
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"queries": ["q"] * 9, "topk": 3}, 413, "max_queries=8"),
+        ({"queries": ["x" * 201], "topk": 3}, 413, "max_query_chars=200"),
+        ({"queries": ["q"], "topk": 6}, 422, "max_topk=5"),
+        ({"queries": ["q"], "topk": 0}, 422, "topk must be >= 1"),
+        ({"queries": ["q" * 150] * 8, "topk": 3, "pad": "p" * 20_000}, 413, "max_body_bytes=20000"),
+    ],
+)
+def test_limits_answer_4xx_naming_the_limit(server, body, status, message):
+    response = post(server, body)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"just a string"',
+        b'{"topk": 3}',
+        b'{"queries": "not a list"}',
+        b'{"queries": [1, 2]}',
+        b'{"queries": [null]}',
+        b'{"queries": ["q"], "topk": "three"}',
+        b'{"queries": ["q"], "return_scores": "maybe"}',
+        b"\xff\xfe\x00garbage",
+    ],
+)
+def test_malformed_bodies_get_422_never_500(server, data):
+    response = requests.post(server.url, data=data, headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 422, response.text
+
+
+def test_bearer_token(bm25):
+    config = ServerConfig(token="s3cret")
+    with ServerThread(bm25, config=config) as server:
+        body = {"queries": ["cave cheese"], "topk": 1}
+        assert post(server, body).status_code == 401
+        assert post(server, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = post(server, body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["result"][0][0]["id"] == "13"
+        assert RemoteRetriever(server.url, token="s3cret").search(["cave cheese"], 1)[0][0].id == "13"
+        with pytest.raises(RetrieverRequestError, match="401"):
+            RemoteRetriever(server.url, token="").search(["cave cheese"], 1)
+
+
+def test_server_errors_are_retried_then_succeed(bm25):
+    class FlakyRetriever(BM25Retriever):
+        def __init__(self):
+            super().__init__(bm25._engine, bm25._store, bm25.parameters)
+            self.failures = 2
+
+        def search(self, queries, k):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("transient failure")
+            return super().search(queries, k)
+
+    flaky = FlakyRetriever()
+    with ServerThread(flaky) as server:
+        client = RemoteRetriever(server.url, max_retries=3, backoff=0.01)
+        assert client.search(["cave cheese"], 1)[0][0].id == "13"
+        assert flaky.failures == 0
+        flaky.failures = 5
+        with pytest.raises(RetrieverUnavailableError, match=server.url.replace(".", r"\.")):
+            RemoteRetriever(server.url, max_retries=1, backoff=0.01).search(["cave cheese"], 1)
+
+
+def test_passage_from_search_r1_bm25_documents():
+    # Search-R1's pyserini server answers title/text/contents without an id.
+    document = {"title": "Quarnel", "text": "A harbour city.", "contents": '"Quarnel"\nA harbour city.'}
+    assert passage_from_document(document, 2.0) == passage_from_document({"contents": document["contents"]}, 2.0)
+    assert passage_from_document({"title": "T", "text": "x"}).title == "T"
+    with pytest.raises(RetrieverRequestError):
+        passage_from_document(["not", "a", "dict"])
+
+
+# ----- a real server process: killed mid-run, then restarted --------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(index_dir, port):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trl_search.cli", "serve", "--retriever", str(index_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode())
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+def test_server_killed_mid_run_then_restarted(bm25, tmp_path):
+    bm25.save(tmp_path / "index")
+    port = _free_port()
+    process = _start_server(tmp_path / "index", port)
+    url = f"http://127.0.0.1:{port}/retrieve"
+    client = RemoteRetriever(url, max_retries=2, backoff=0.05, timeout=5)
+    failures, successes = [], []
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                successes.append(client.search(["cave cheese", "Who founded Brantis?"], k=2))
+            except Exception as error:
+                failures.append(error)
+                return
+
+    try:
+        worker = threading.Thread(target=loop)
+        worker.start()
+        deadline = time.time() + 30
+        while len(successes) < 5 and time.time() < deadline:
+            time.sleep(0.01)
+        process.kill()  # SIGKILL: no graceful shutdown, connections drop mid-request
+        process.wait(timeout=10)
+        worker.join(timeout=30)
+        stop.set()
+        assert len(successes) >= 5
+        assert len(failures) == 1
+        error = failures[0]
+        assert isinstance(error, RetrieverUnavailableError)
+        assert url in str(error) and "3 attempts" in str(error) and "trl-search serve" in str(error)
+
+        process = _start_server(tmp_path / "index", port)
+        # The same client (and its keep-alive pool) recovers once the server is back.
+        assert [p.id for p in client.search(["cave cheese"], k=1)[0]] == ["13"]
+    finally:
+        stop.set()
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_serve_command_refuses_non_index(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = subprocess.run(
+        [sys.executable, "-m", "trl_search.cli", "serve", "--retriever", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no manifest.json" in result.stderr
