@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -29,8 +28,6 @@ from .data import (
 from .protocols import extract_answer, get_protocol
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
 
-
-logger = logging.getLogger(__name__)
 
 BASELINES = (None, "direct", "rag")
 # name in results.json -> row label in results.md, in display order
@@ -52,8 +49,9 @@ def resolve_retriever(spec):
     JSONL corpus file (indexed with BM25 on the fly), or whatever `load_retriever` opens (an index directory, a URL).
 
     Example:
-        >>> resolve_retriever("demo").search(["capital"], k=1)[0][0].title  # doctest: +SKIP
-        'Vozoia'
+        >>> hits = resolve_retriever("demo").search(["Which river flows through Qorugeth?"], k=2)[0]
+        >>> [passage.title for passage in hits]
+        ['Qorugeth', 'Qorugeth (town life)']
     """
     from .retrievers import BM25Retriever, Retriever, load_retriever
 
@@ -150,10 +148,10 @@ def results_markdown(results: dict) -> str:
     """
     names = list(results["datasets"])
     labels = [QA_DATASETS[name].label if name in QA_DATASETS else name for name in names]
-    header = "| {} | " + " | ".join(labels) + " | Avg. |\n" + "|---" * (len(names) + 2) + "|\n"
+    columns = " | ".join(labels) + " | Avg. |\n" + "|---" * (len(names) + 2) + "|\n"
     em = [results["datasets"][name].get("em") for name in names] + [results["average"].get("em")]
-    lines = [header.format("Method") + f"| {results['label']} | " + " | ".join(map(_format_value, em)) + " |", ""]
-    detail = header.format("Metric")
+    lines = [f"| Method | {columns}| {results['label']} | " + " | ".join(map(_format_value, em)) + " |", ""]
+    detail = f"| Metric | {columns}"
     for key, label in METRICS.items():
         if not any(key in results["datasets"][name] for name in names):
             continue
