@@ -1,0 +1,62 @@
+"""Two real processes (gloo on CPU): ranks stay in lockstep, and retrieval is per rank or gathered to the main one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def accelerate_launch(script_args, timeout, extra=()):
+    """Runs `accelerate launch` with two CPU processes; on a machine without GPUs `--multi_gpu` means DDP on gloo."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *extra, *script_args,
+    ]  # fmt: skip
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    try:
+        process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:  # a rank waiting in a collective that the other never joins
+        pytest.fail(f"two-process run did not finish in {timeout}s (ranks out of lockstep?):\n{error.stderr!s:.4000}")
+    assert process.returncode == 0, process.stderr[-6000:]
+    return process
+
+
+@pytest.mark.slow
+def test_ranks_with_different_turn_counts_stay_in_lockstep(tmp_path, tiny_model_dir):
+    accelerate_launch(["tests/multiprocess/lockstep.py", tiny_model_dir, str(tmp_path)], timeout=240)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    for run in ("transformers_gathered", "vllm_server"):
+        first, second = (rank[run] for rank in ranks)
+        assert first["num_processes"] == 2 and first["backend"] == "gloo"
+        for step in range(2):
+            mine, theirs = first["rollouts"][step], second["rollouts"][step]
+            assert {mine["markers"][0], theirs["markers"][0]} == {"[fast]", "[slow]"}  # one prompt per rank
+            # "[fast]" samples finish in 1 turn and "[slow]" ones in 3, yet both ranks ran 3 turns
+            assert sorted([mine["sample_turns"][0], theirs["sample_turns"][0]]) == [1, 3]
+            assert mine["turns"] == theirs["turns"] == 3
+            assert all(mine["answered"]) and all(theirs["answered"])
+        assert len(first["log"]) == len(second["log"]) == 2
+
+    # gather_retrieval_queries=True: the main process answers every rank's queries, the other rank's retriever idles
+    gathered = [rank["transformers_gathered"] for rank in ranks]
+    assert gathered[0]["gathered"] == "GatheredRetriever"
+    assert sorted(q for call in gathered[0]["retriever_calls"] for q in call) == sorted(
+        ["capital of Veldoria", "Brantis founder"] * 2
+    )
+    assert gathered[1]["retriever_calls"] == []
+
+    # default: each rank queries its own retriever with its own samples' queries
+    per_rank = [rank["vllm_server"]["retriever_calls"] for rank in ranks]
+    assert per_rank[0] == per_rank[1] == [["capital of Veldoria"], ["Brantis founder"]]
+
+    # vLLM server mode: one request per turn for both ranks' rows, sent by the main process only
+    requests = ranks[0]["vllm_server"]["server_requests"]
+    assert [request["prompts"] for request in requests] == [4, 2, 2, 4, 2, 2]
+    assert ranks[0]["vllm_server"]["weight_syncs"] == 2
+    assert "server_requests" not in ranks[1]["vllm_server"]
