@@ -203,6 +203,61 @@ def test_baselines_use_the_same_harness(baseline, tiny_tokenizer, demo_oracle, t
         assert demo["answer_retrieved"] > 0
 
 
+def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, demo_oracle, tmp_path, monkeypatch):
+    """`backend="vllm"` builds `vllm.LLM` from the model path and generates greedily with stop strings, per-row
+    limits and the model's EOS ids. vLLM is not installed here: a stand-in module answers like the oracle."""
+    import sys
+    import types
+
+    import trl.generation.vllm_generation  # noqa: F401  (TRL probes for vLLM on import: import it before the stand-in)
+
+    engines = []
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            self.model, self.kwargs, self.params = model, kwargs, []
+            engines.append(self)
+
+        def generate(self, prompts, sampling_params, use_tqdm=True):
+            outputs = []
+            for prompt, params in zip(prompts, sampling_params):
+                self.params.append(params)
+                turn = demo_oracle.generate([prompt["prompt_token_ids"]], [params.max_tokens], params.stop)[0]
+                completion = types.SimpleNamespace(
+                    token_ids=turn.token_ids, logprobs=None, finish_reason="stop" if turn.stopped else "length"
+                )
+                outputs.append(types.SimpleNamespace(outputs=[completion]))
+            return outputs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    results = evaluate(
+        tiny_model_dir,
+        "demo",
+        "demo",
+        limit=6,
+        backend="vllm",
+        output_dir=str(tmp_path),
+        vllm_kwargs={"gpu_memory_utilization": 0.5},
+        conversational=False,
+        progress=False,
+    )
+    _, trajectories, _ = read_outputs(tmp_path)
+    assert_consistent(results, trajectories)
+    assert results["datasets"]["demo"]["em"] == pytest.approx(0.5)
+    assert results["generation"]["generator"] == "VLLMColocateGenerator"
+    assert results["generation"]["vllm_kwargs"] == {"gpu_memory_utilization": 0.5}
+    (engine,) = engines
+    assert engine.model == tiny_model_dir and engine.kwargs == {"gpu_memory_utilization": 0.5}
+    assert {params.temperature for params in engine.params} == {0.0}  # greedy
+    assert all(
+        params.stop == ["</search>", "</answer>"] and params.include_stop_str_in_output for params in engine.params
+    )
+
+
 def test_summarize_and_markdown_layout():
     row = {
         "em": 0.0,
@@ -229,6 +284,8 @@ def test_summarize_and_markdown_layout():
 
 
 def test_evaluate_validates_its_arguments(tiny_tokenizer):
+    with pytest.raises(ValueError, match="backend"):
+        evaluate(None, "demo", "demo", tokenizer=tiny_tokenizer, backend="sglang")
     with pytest.raises(ValueError, match="baseline"):
         evaluate(None, None, "demo", tokenizer=tiny_tokenizer, baseline="oracle")
     with pytest.raises(ValueError, match="retriever"):

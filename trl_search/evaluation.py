@@ -65,12 +65,18 @@ def resolve_retriever(spec):
     return load_retriever(spec)
 
 
+def _load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
 def _load_model(model, tokenizer, dtype: str = "auto", device: str | None = None):
     if isinstance(model, (str, os.PathLike)):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        tokenizer = tokenizer or _load_tokenizer(model)
         model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     elif tokenizer is None:
@@ -78,6 +84,31 @@ def _load_model(model, tokenizer, dtype: str = "auto", device: str | None = None
     if model is not None:
         model.eval()
     return model, tokenizer
+
+
+def _eos_token_ids(model_path: str, tokenizer) -> list[int]:
+    """The ids that end a reply: the model's generation config (Qwen instruct: `<|im_end|>` and `<|endoftext|>`)."""
+    from transformers import GenerationConfig
+
+    try:
+        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
+    if configured is None:
+        configured = tokenizer.eos_token_id
+    return list(configured) if isinstance(configured, (list, tuple)) else [configured]
+
+
+def _vllm_generator(model_path: str, tokenizer, vllm_kwargs: dict | None):
+    """Greedy per-turn generation on a vLLM engine in this process (the training rollout's colocate backend)."""
+    try:
+        from vllm import LLM
+    except ImportError as error:
+        raise ImportError("backend='vllm' needs vLLM: pip install 'trl-search[vllm]'.") from error
+    from .vllm_generation import VLLMColocateGenerator
+
+    llm = LLM(model=model_path, **(vllm_kwargs or {}))
+    return VLLMColocateGenerator(llm, {"temperature": 0.0}, _eos_token_ids(model_path, tokenizer))
 
 
 def _greedy_config(model, tokenizer):
@@ -210,6 +241,8 @@ def evaluate(
     chat_template_kwargs: dict | None = None,
     label: str | None = None,
     generator=None,
+    backend: str = "transformers",
+    vllm_kwargs: dict | None = None,
     dtype: str = "auto",
     device: str | None = None,
     progress: bool = True,
@@ -230,7 +263,9 @@ def evaluate(
             `RAG_PROMPT_TEMPLATE`).
         conversational: wrap prompts as a user message for the chat template; default: when the tokenizer has one.
         chat_template_kwargs: extra arguments for `apply_chat_template` (e.g. `{"enable_thinking": False}`).
-        generator: a `TurnGenerator` to use instead of `TransformersGenerator` (e.g. vLLM).
+        generator: a ready `TurnGenerator` (then `model` may be None and `backend` is ignored).
+        backend: `"transformers"` (`TransformersGenerator`) or `"vllm"` (a vLLM engine in this process, built from
+            the model path with `vllm_kwargs` such as `{"gpu_memory_utilization": 0.9, "tensor_parallel_size": 1}`).
 
     Example:
         >>> results = evaluate("Qwen/Qwen2.5-3B", "http://127.0.0.1:8000/retrieve", "nq,hotpotqa", limit=100,
@@ -245,6 +280,8 @@ def evaluate(
 
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+    if backend not in ("transformers", "vllm"):
+        raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}.")
     names = [name.strip() for name in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
     if not names or not all(names):
         raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'demo' offline).")
@@ -257,6 +294,12 @@ def evaluate(
         prompt_template = prompt_template[baseline]
     make_search_prompt("?", prompt_template, passages="" if baseline == "rag" else None)  # a bad template fails now
     loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}  # before the slow load
+    if generator is None and backend == "vllm":
+        if model_name is None:
+            raise ValueError("backend='vllm' loads the model itself: pass its path or Hub id as `model`.")
+        tokenizer = tokenizer or _load_tokenizer(model_name)
+        generator = _vllm_generator(model_name, tokenizer, vllm_kwargs)
+        model = None
     model, tokenizer = _load_model(model, tokenizer, dtype, device)
     if generator is None:
         generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
@@ -281,7 +324,12 @@ def evaluate(
         "conversational": conversational,
         "chat_template_kwargs": chat_template_kwargs,
         "rollout": settings,
-        "generation": {"do_sample": False, "batch_size": batch_size, "generator": type(generator).__name__},
+        "generation": {
+            "do_sample": False,
+            "batch_size": batch_size,
+            "generator": type(generator).__name__,
+            "vllm_kwargs": vllm_kwargs if backend == "vllm" else None,
+        },
         "retriever": retriever.describe() if retriever is not None else None,
         "trl_search_version": __version__,
     }

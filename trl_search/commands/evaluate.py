@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="apply the chat template (auto: when the tokenizer has one)",
     )
+    parser.add_argument(
+        "--backend", choices=["transformers", "vllm"], default="transformers", help="generation engine (vllm: fast)"
+    )
+    parser.add_argument("--vllm_gpu_memory_utilization", "--vllm-gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--vllm_tensor_parallel_size", "--vllm-tensor-parallel-size", type=int, default=1)
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
@@ -91,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         prompt_template=template,
         conversational={"auto": None, "yes": True, "no": False}[args.chat],
         label=args.label,
+        backend=args.backend,
+        vllm_kwargs={
+            "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+            "tensor_parallel_size": args.vllm_tensor_parallel_size,
+            "dtype": args.dtype,
+        },
         dtype=args.dtype,
         device=args.device,
         progress=not args.no_progress,
