@@ -284,6 +284,8 @@ def test_summarize_and_markdown_layout():
 
 
 def test_evaluate_validates_its_arguments(tiny_tokenizer):
+    with pytest.raises(ValueError, match="limit"):
+        evaluate(None, "demo", "demo", tokenizer=tiny_tokenizer, limit=0)
     with pytest.raises(ValueError, match="backend"):
         evaluate(None, "demo", "demo", tokenizer=tiny_tokenizer, backend="sglang")
     with pytest.raises(ValueError, match="baseline"):

@@ -280,6 +280,8 @@ def evaluate(
 
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions per dataset, got {limit}.")
     if backend not in ("transformers", "vllm"):
         raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}.")
     names = [name.strip() for name in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
