@@ -29,6 +29,9 @@ class SearchGRPOConfig(GRPOConfig):
             Exclude retrieved (and any other injected) tokens from the loss, the KL and the policy metrics.
         search_protocol (`str`, *optional*, defaults to `"tags"`):
             How the policy searches and answers. `"tags"`: Search-R1's `<search>`/`<information>`/`<answer>` tags.
+        prompt_template (`str` or `None`, *optional*, defaults to `None`):
+            The template the dataset's prompts were made with (see `trl_search.data.make_search_prompt`). It does not
+            change training; it is saved with the model (`search_config.json`) so that inference uses the same prompt.
         gather_retrieval_queries (`bool`, *optional*, defaults to `False`):
             With several processes, gather the queries of all ranks to the main process for one retriever call per
             turn and scatter the passages back (one index or server connection for the whole job). By default each
@@ -83,6 +86,13 @@ class SearchGRPOConfig(GRPOConfig):
     search_protocol: str = field(
         default="tags",
         metadata={"help": "How the policy searches and answers.", "choices": ["tags"]},
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "The template the dataset's prompts were made with. Saved with the model (search_config.json) "
+            "so that inference builds the same prompt; it does not change training."
+        },
     )
     gather_retrieval_queries: bool = field(
         default=False,

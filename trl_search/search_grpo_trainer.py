@@ -11,6 +11,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from .gathered_retrieval import GatheredRetriever
+from .hub import model_card_section, save_search_settings, search_settings
 from .retrievers.base import Retriever, load_retriever
 from .rewards import exact_match_reward
 from .rollout import RolloutOutput, SearchRollout, TransformersGenerator, tokenize_prompts
@@ -203,6 +204,33 @@ class SearchGRPOTrainer(GRPOTrainer):
                 any_active=self._any_rank_active,
                 with_logprobs=True,
             )
+
+    def search_settings(self) -> dict:
+        """The search settings saved with the model (`search_config.json`); see `trl_search.hub`."""
+        prompt_format = None
+        if self.train_dataset is not None and "prompt" in getattr(self.train_dataset, "column_names", []):
+            prompt_format = "conversational" if isinstance(self.train_dataset[0]["prompt"], list) else "text"
+        return search_settings(self.args, self.retriever, prompt_format=prompt_format)
+
+    # Every save (checkpoints, `save_model`, `push_to_hub`) writes the search settings next to the weights.
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            save_search_settings(
+                output_dir if output_dir is not None else self.args.output_dir, self.search_settings()
+            )
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card plus a section on the search setup and how to run the model with a retriever."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        model_id = self.hub_model_id or self.args.hub_model_id or model_name or self.args.output_dir
+        with open(path, encoding="utf-8") as handle:
+            card = handle.read()
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(card.rstrip("\n") + "\n" + model_card_section(self.search_settings(), model_id))
 
     def _forward_is_collective(self) -> bool:
         if self.accelerator.num_processes == 1:
