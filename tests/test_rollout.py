@@ -224,3 +224,14 @@ def test_a_retriever_returning_the_wrong_number_of_lists_is_an_error(tiny_tokeni
     generator = ScriptedGenerator(tiny_tokenizer, {tuple(prompt): ["<search> q </search>"]})
     with pytest.raises(RuntimeError, match="one list per query"):
         make_rollout(Broken(), tiny_tokenizer).run([prompt], generator)
+
+
+def test_the_invalid_action_feedback_is_never_read_as_an_answer(tiny_tokenizer, retriever):
+    prompt = encode(tiny_tokenizer, "Question [s0]: x")
+    rambling = "no tags here"
+    generator = ScriptedGenerator(tiny_tokenizer, {tuple(prompt): [rambling, "still none<EOS>"]})
+    rollout = make_rollout(retriever, tiny_tokenizer, max_tokens_per_turn=len(encode(tiny_tokenizer, rambling)))
+    sample = rollout.run([prompt], generator).samples[0]
+    text = tiny_tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
+    assert sample.num_invalid == 1 and rollout.protocol.invalid_feedback in text
+    assert extract_answer(text) is None and "<search>" not in text

@@ -68,10 +68,11 @@ class TagsProtocol:
     observation_open = "\n\n<information>"
     observation_close = "</information>\n\n"
     no_results = "No passages were found for this query.\n"
+    # No tag pair in here: the feedback is part of the completion that rewards and validators read, and must never
+    # look like an answer or a search of the policy's.
     invalid_feedback = (
-        "\nThat turn had no action I could run. To look something up, write the query between <search> and "
-        "</search>. To finish, write the final answer between <answer> and </answer>. Think between <think> and "
-        "</think> first if that helps.\n"
+        "\nThat turn had no action I could run. To look something up, write one query inside search tags. To "
+        "finish, write only the final answer inside answer tags.\n"
     )
 
     def parse_action(self, turn_text: str, ended_with_eos: bool = False, hit_token_limit: bool = False) -> Action:
