@@ -56,8 +56,9 @@ class BM25sEngine:
 
         def add(self, token_lists: list[list[str]]) -> None:
             vocab = self.vocab
-            for tokens in token_lists:
-                self.ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
+            for token in {token for tokens in token_lists for token in tokens if token not in vocab}:
+                vocab[token] = len(vocab)
+            self.ids.extend([vocab[token] for token in tokens] for tokens in token_lists)
 
         def finish(self, n_threads: int = 1) -> BM25sEngine:
             import bm25s

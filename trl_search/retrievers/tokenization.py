@@ -24,6 +24,12 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+# Word -> stem memo shared by all calls: a corpus repeats a few hundred thousand words millions of times, and
+# PyStemmer's own cache (10k entries) thrashes on large vocabularies. Bounded so a stream of junk cannot grow it forever.
+_STEMS: dict[str, str] = {}
+_MAX_STEMS = 2_000_000
+
+
 def tokenize(texts: list[str]) -> list[list[str]]:
     """Lowercase, split into words of 2+ characters, drop English stopwords, Snowball-stem (English).
 
@@ -31,12 +37,12 @@ def tokenize(texts: list[str]) -> list[list[str]]:
         >>> tokenize(["The capitals of France!"])
         [['capit', 'franc']]
     """
-    stopwords, stemmer = _stopwords(), _stemmer()
+    stopwords, stems = _stopwords(), _STEMS
     words = [[word for word in TOKEN_PATTERN.findall(text.lower()) if word not in stopwords] for text in texts]
-    # One stemWords call per batch: PyStemmer caches stems, and the call overhead dominates on short texts.
-    flat = stemmer.stemWords([word for row in words for word in row])
-    tokens, start = [], 0
-    for row in words:
-        tokens.append(flat[start : start + len(row)])
-        start += len(row)
-    return tokens
+    missing = list({word for row in words for word in row if word not in stems})
+    if missing:
+        if len(stems) + len(missing) > _MAX_STEMS:
+            stems.clear()
+            missing = list({word for row in words for word in row})
+        stems.update(zip(missing, _stemmer().stemWords(missing)))
+    return [[stems[word] for word in row] for row in words]
