@@ -76,6 +76,11 @@ class BatchingSearcher:
     A batch closes `wait_s` after its first request arrives (or at `max_queries`); searches run one at a time in a
     worker thread, so requests arriving during a search form the next batch. Requests asking for different `k` share
     a batch: it is searched at the largest `k` and each request gets its prefix.
+
+    Example:
+        >>> batcher = BatchingSearcher(retriever, wait_s=0.002)  # doctest: +SKIP
+        >>> batcher.start()  # inside the running event loop  # doctest: +SKIP
+        >>> await batcher.search(["who wrote hamlet"], k=3)  # doctest: +SKIP
     """
 
     def __init__(self, retriever: Retriever, wait_s: float = 0.002, max_queries: int = 4096):

@@ -60,7 +60,12 @@ def passage_from_record(record: dict | Passage, score: float = 0.0) -> Passage:
 
 
 def iter_corpus(corpus: str | os.PathLike | Iterable[dict | Passage]) -> Iterator[Passage]:
-    """Streams `Passage`s from a JSONL path or an iterable of rows."""
+    """Streams `Passage`s from a JSONL path or an iterable of rows (blank lines skipped).
+
+    Example:
+        >>> [p.title for p in iter_corpus([{"id": "0", "title": "Paris", "text": "Paris is in France."}])]
+        ['Paris']
+    """
     if isinstance(corpus, (str, os.PathLike)):
         path = os.fspath(corpus)
         if not os.path.isfile(path):

@@ -15,7 +15,7 @@ from .store import PassageStore, PassageStoreWriter, link_or_copy
 from .tokenization import tokenize
 
 
-def progress(iterable, enabled: bool, total: int | None = None, desc: str = "Indexing"):
+def _progress(iterable, enabled: bool, total: int | None = None, desc: str = "Indexing"):
     """Wraps `iterable` in a tqdm bar when `enabled` (passages counted as they stream)."""
     if not enabled:
         return iterable
@@ -24,7 +24,7 @@ def progress(iterable, enabled: bool, total: int | None = None, desc: str = "Ind
     return tqdm(iterable, total=total, desc=desc, unit=" passages", mininterval=1.0)
 
 
-def corpus_length(corpus) -> int | None:
+def _corpus_length(corpus) -> int | None:
     """Number of passages in a JSONL path (one fast newline scan) or a sized iterable, else None."""
     if isinstance(corpus, (str, os.PathLike)) and os.path.isfile(corpus):
         from .store import _line_offsets
@@ -125,9 +125,9 @@ class BM25Retriever(Retriever):
         try:
             writer = PassageStoreWriter(workdir)
             builder = ENGINES[engine].Builder(parameters, workdir)
-            total = corpus_length(corpus) if show_progress else None
+            total = _corpus_length(corpus) if show_progress else None
             texts = []
-            for passage in progress(iter_corpus(corpus), show_progress, total):
+            for passage in _progress(iter_corpus(corpus), show_progress, total):
                 writer.add(passage)
                 texts.append(f"{passage.title}\n{passage.text}")
                 if len(texts) >= batch_size:

@@ -36,7 +36,14 @@ def _enable_numba_cache() -> None:
 
 
 class BM25sEngine:
-    """bm25s: sparse precomputed scores; the numba backend answers thousands of queries per second per core."""
+    """bm25s: sparse precomputed scores; the numba backend answers thousands of queries per second per core.
+
+    Example:
+        >>> builder = BM25sEngine.Builder({"k1": 0.9, "b": 0.4, "backend": "numba"}, workdir="")
+        >>> builder.add([["pari", "franc"], ["berlin", "germani"]])
+        >>> builder.finish().search([["germani"]], k=1)[0][0][0]
+        1
+    """
 
     name = "bm25s"
     packages = ("bm25s", "numba", "PyStemmer")
@@ -109,6 +116,13 @@ class TantivyEngine:
 
     tantivy's BM25 uses fixed k1=1.2, b=0.75. Documents are indexed pre-tokenised (whitespace-joined tokens), so
     the terms are exactly the shared tokenisation's.
+
+    Example:
+        >>> import tempfile
+        >>> builder = TantivyEngine.Builder({}, workdir=tempfile.mkdtemp())
+        >>> builder.add([["pari", "franc"], ["berlin", "germani"]])
+        >>> builder.finish().search([["germani"]], k=1)[0][0][0]
+        1
     """
 
     name = "tantivy"
@@ -191,6 +205,12 @@ class RankBM25Engine:
     It scores every document for every query, so it is orders of magnitude slower; it keeps no files of its own and
     re-tokenises the stored passages on load. Its Okapi idf is floored (epsilon x mean idf) for terms in half the
     passages or more, so on a tiny corpus such terms may score 0 and match nothing.
+
+    Example:
+        >>> builder = RankBM25Engine.Builder({"k1": 0.9, "b": 0.4}, workdir="")
+        >>> builder.add([["pari", "franc"], ["berlin", "germani"], ["rome", "itali"]])
+        >>> builder.finish().search([["germani"]], k=1)[0][0][0]
+        1
     """
 
     name = "rank_bm25"

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterable
 
 from .base import Passage, Retriever, iter_corpus
-from .bm25 import corpus_length, progress
+from .bm25 import _corpus_length, _progress
 from .encoders import Encoder, EncoderConfig
 from .manifest import InvalidIndexError, atomic_directory, read_manifest, write_manifest
 from .store import PassageStore, PassageStoreWriter, link_or_copy
@@ -128,9 +128,9 @@ class DenseRetriever(Retriever):
         workdir = tempfile.mkdtemp(prefix="trl-search-dense-")
         try:
             writer = PassageStoreWriter(workdir)
-            total = corpus_length(corpus) if show_progress else None
+            total = _corpus_length(corpus) if show_progress else None
             texts = []
-            for passage in progress(iter_corpus(corpus), show_progress, total, desc="Encoding"):
+            for passage in _progress(iter_corpus(corpus), show_progress, total, desc="Encoding"):
                 writer.add(passage)
                 texts.append(f"{passage.title}\n{passage.text}")
                 if len(texts) >= chunk_size:

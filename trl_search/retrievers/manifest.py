@@ -18,7 +18,12 @@ FORMAT_VERSION = 1
 
 
 class InvalidIndexError(ValueError):
-    """Raised when an index directory is incomplete, of the wrong kind or does not match its corpus."""
+    """Raised when an index directory is incomplete, of the wrong kind or does not match its corpus.
+
+    Example:
+        >>> read_manifest("indexes/wiki-e5", kind="bm25")  # doctest: +SKIP
+        InvalidIndexError: 'indexes/wiki-e5' holds a 'dense' index, not a 'bm25' one: ...
+    """
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -106,6 +111,10 @@ def write_manifest(
     """Writes `manifest.json` into `directory`, listing every file already there with its size.
 
     Write it last: the file list it records is what `read_manifest` checks on load.
+
+    Example:
+        >>> with atomic_directory("indexes/mine") as staging:  # doctest: +SKIP
+        ...     write_manifest(staging, kind="bm25", engine="bm25s", parameters={}, passages=0, corpus_sha256=None)
     """
     manifest = {
         "format_version": FORMAT_VERSION,

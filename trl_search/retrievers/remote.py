@@ -9,11 +9,21 @@ from .base import Passage, Retriever
 
 
 class RetrieverUnavailableError(ConnectionError):
-    """The retrieval server could not be reached (or kept failing) after every retry."""
+    """The retrieval server could not be reached (or kept failing) after every retry.
+
+    Example:
+        >>> RemoteRetriever("http://127.0.0.1:9/retrieve", max_retries=0).search(["q"], 3)  # doctest: +SKIP
+        RetrieverUnavailableError: The retrieval server at http://127.0.0.1:9/retrieve is unavailable after 1 attempts ...
+    """
 
 
 class RetrieverRequestError(ValueError):
-    """The retrieval server rejected a request (4xx) or answered something that is not the /retrieve contract."""
+    """The retrieval server rejected a request (4xx) or answered something that is not the /retrieve contract.
+
+    Example:
+        >>> RemoteRetriever(url, token="wrong").search(["q"], 3)  # doctest: +SKIP
+        RetrieverRequestError: The retrieval server at ... rejected the request (HTTP 401): ...
+    """
 
 
 def passage_from_document(document: dict, score: float = 0.0) -> Passage:

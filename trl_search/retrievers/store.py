@@ -20,7 +20,11 @@ OFFSETS_NAME = "passages.offsets.npy"
 
 
 def link_or_copy(source: str, destination: str) -> None:
-    """Hard-links `source` (instant, no extra disk for immutable index files), copying across filesystems."""
+    """Hard-links `source` (instant, no extra disk for immutable index files), copying across filesystems.
+
+    Example:
+        >>> link_or_copy("staging/passages.jsonl", "index/passages.jsonl")  # doctest: +SKIP
+    """
     try:
         os.link(source, destination)
     except OSError:
@@ -28,7 +32,11 @@ def link_or_copy(source: str, destination: str) -> None:
 
 
 def link_or_copy_tree(source: str, destination: str) -> None:
-    """`link_or_copy` for every file under `source`."""
+    """`link_or_copy` for every file under `source`.
+
+    Example:
+        >>> link_or_copy_tree("workdir/tantivy", "staging/tantivy")  # doctest: +SKIP
+    """
     for root, _, names in os.walk(source):
         target_root = os.path.join(destination, os.path.relpath(root, source))
         os.makedirs(target_root, exist_ok=True)

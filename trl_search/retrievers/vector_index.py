@@ -9,6 +9,11 @@ import numpy as np
 
 
 def import_faiss():
+    """`import faiss`, or an ImportError naming the extra to install.
+
+    Example:
+        >>> faiss = import_faiss()  # doctest: +SKIP
+    """
     try:
         import faiss
     except ImportError as error:
