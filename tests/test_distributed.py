@@ -11,12 +11,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def accelerate_launch(script_args, timeout, extra=()):
-    """Runs `accelerate launch` with two CPU processes; on a machine without GPUs `--multi_gpu` means DDP on gloo."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *extra, *script_args,
-    ]  # fmt: skip
+def accelerate_launch(script_args, timeout, config_file=None):
+    """Runs `accelerate launch` with two CPU processes: an Accelerate config file, or by default `--multi_gpu`, which on
+    a machine without GPUs means DDP on gloo."""
+    if config_file is None:
+        launcher = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no"]  # fmt: skip
+    else:
+        launcher = ["--config_file", config_file]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", "0", *script_args]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     try:
         process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
