@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -47,3 +48,30 @@ def test_demo_config_trains_on_two_cpu_processes_with_deepspeed_zero2(tmp_path, 
     assert all(run["is_deepspeed_enabled"] and run["zero_stage"] == 2 for run in runs)
     assert all(run["distributed_type"] == "DistributedType.DEEPSPEED" for run in runs)
     check_trained(runs, out)
+
+
+CONFIGS = os.path.join(ROOT, "examples", "configs")
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-3b-grpo.yaml", "qwen2.5-7b-grpo.yaml", "demo.yaml"])
+def test_configs_parse_and_start_with_their_launch_command(name):
+    from .multiprocess.run_train_nq import load_example
+
+    path = os.path.join(CONFIGS, name)
+    with open(path) as handle:
+        header = re.sub(r"\s*\\\n#\s*", " ", "".join(line for line in handle if line.startswith("#")))
+    assert f"examples/train_nq.py --config examples/configs/{name}" in header  # the launch command, joined
+    # bf16 needs a GPU: switch it off to parse here
+    script_args, training_args, model_args = (
+        load_example().make_parser().parse_args_and_config(["--config", path, "--bf16", "false", "--use_cpu", "true"])
+    )
+    if name == "demo.yaml":
+        assert script_args.demo and training_args.max_turns == 2
+        return
+    # the paper's settings (DESIGN.md section 1), 512 prompts per optimizer step on 8 GPUs
+    assert model_args.model_name_or_path.startswith("Qwen/Qwen2.5-") and script_args.datasets == "nq,hotpotqa"
+    assert (training_args.learning_rate, training_args.beta, training_args.temperature) == (1e-6, 0.001, 1.0)
+    assert (training_args.num_generations, training_args.max_turns, training_args.top_k) == (5, 4, 3)
+    assert training_args.max_tokens_per_turn == training_args.max_obs_length == 500
+    completions = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * 8
+    assert completions // training_args.num_generations == 512
