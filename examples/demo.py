@@ -1,0 +1,18 @@
+"""The offline learning demo: a tiny model learns on a CPU to search an invented encyclopedia, with plots.
+
+    python examples/demo.py --quick          # about 3 minutes on 2 CPU cores
+    python examples/demo.py --output_dir demo_output
+
+Same as `trl-search demo`; the pipeline lives in `trl_search/demo.py`.
+"""
+
+import argparse
+import sys
+
+from trl_search.commands.demo import add_arguments, run
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
