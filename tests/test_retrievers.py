@@ -81,6 +81,8 @@ def _make(name, request):
         return BM25Retriever.build(CORPUS, engine=name)
     if name == "bm25s-numpy":
         return BM25Retriever.build(CORPUS, backend="numpy")
+    if name == "bm25s-native-numba":
+        return BM25Retriever.build(CORPUS, backend="bm25s-numba")
     from trl_search.retrievers.dense import DenseRetriever
 
     encoder = request.getfixturevalue("minilm_encoder")
@@ -102,6 +104,7 @@ def _make(name, request):
 ALL = [
     "bm25s",
     "bm25s-numpy",
+    "bm25s-native-numba",
     "tantivy",
     "rank_bm25",
     "dense-flat",
@@ -207,14 +210,44 @@ def test_shared_tokenisation_is_documented_behaviour():
     ]
 
 
-@pytest.mark.parametrize("engine", ["bm25s", "tantivy", "rank_bm25"])
+@pytest.mark.parametrize("engine", ["bm25s", "bm25s/bm25s-numba", "bm25s/numpy", "tantivy", "rank_bm25"])
 def test_engines_agree_on_matches(engine, bm25_retriever):
     """Same tokenisation: every engine finds exactly the passages sharing a term with the query."""
-    retriever = bm25_retriever if engine == "bm25s" else BM25Retriever.build(CORPUS, engine=engine)
+    if engine == "bm25s":
+        retriever = bm25_retriever
+    elif engine.startswith("bm25s/"):
+        retriever = BM25Retriever.build(CORPUS, backend=engine.split("/")[1])
+    else:
+        retriever = BM25Retriever.build(CORPUS, engine=engine)
     query = "heron honey"
     expected = {p.id for p in iter_corpus(CORPUS) if {"heron", "honey"} & set(tokenize([p.title + "\n" + p.text])[0])}
     assert {p.id for p in retriever.search([query], k=50)[0]} == expected
     assert retriever.search(["zzzunknownword", "the of and"], k=3) == [[], []]
+
+
+def test_bm25s_backends_give_identical_rankings(bm25_retriever):
+    queries = [query for query, _ in RELEVANT] + ["river mills heron copper glass honey", "Quarnel"]
+    expected = bm25_retriever.search(queries, k=10)
+    for backend in ("bm25s-numba", "numpy"):
+        other = BM25Retriever.build(CORPUS, backend=backend).search(queries, k=10)
+        for hits, other_hits in zip(expected, other):
+            # Same scores in the same order; documents with exactly equal scores may be ordered differently (and
+            # a tie at the k-th place may pick either), so ids are compared above the last score.
+            assert [p.score for p in other_hits] == pytest.approx([p.score for p in hits], rel=1e-6)
+            cutoff = hits[-1].score + 1e-6
+            assert {p.id for p in other_hits if p.score > cutoff} == {p.id for p in hits if p.score > cutoff}
+
+
+def test_bm25_kernel_threads_and_padding(bm25_retriever):
+    from trl_search.retrievers.bm25_kernel import bm25_topk
+
+    model = bm25_retriever._engine.model
+    queries = [[model.vocab_dict[t] for t in tokens if t in model.vocab_dict] for tokens in tokenize(["heron"] * 9)]
+    serial = bm25_topk(model.scores, queries, k=40)
+    threaded = bm25_topk(model.scores, queries, k=40, n_threads=2)
+    assert all((a == b).all() for a, b in zip(serial, threaded))
+    matches = int((serial[1][0] >= 0).sum())
+    assert 0 < matches < 40 and (serial[1][0][matches:] == -1).all() and (serial[0][0][matches:] == 0).all()
 
 
 def test_bm25_options_are_validated():
@@ -222,6 +255,8 @@ def test_bm25_options_are_validated():
         BM25Retriever.build(CORPUS, engine="lucene")
     with pytest.raises(ValueError, match="fixed k1=1.2"):
         BM25Retriever.build(CORPUS, engine="tantivy", k1=2.0)
+    with pytest.raises(ValueError, match="backend must be"):
+        BM25Retriever.build(CORPUS, backend="jax")
     with pytest.raises(ValueError, match="k1 >= 0"):
         BM25Retriever.build(CORPUS, b=3)
     with pytest.raises(ValueError, match="empty"):

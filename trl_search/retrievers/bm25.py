@@ -42,8 +42,9 @@ class BM25Retriever(Retriever):
     query are returned, so a query can get fewer than `k`.
 
     Engines (`engine=`):
-    - `"bm25s"` (default): precomputed sparse scores, numba backend (`backend="numba"`); ~2,500 queries/s per core
-      on 500k passages. `load(..., mmap=True)` memory-maps the score matrix for indexes larger than RAM.
+    - `"bm25s"` (default): bm25s's precomputed sparse scores, ranked by a numba kernel that visits only the
+      documents a query touches (`backend="numba"`; `"bm25s-numba"` and `"numpy"` select bm25s's own retrieval).
+      `load(..., mmap=True)` memory-maps the score matrix for indexes larger than RAM.
     - `"tantivy"` (`pip install trl-search[tantivy]`): on-disk Rust index built with bounded memory
       (`heap_mb`), the choice for very large corpora on a small machine. Its BM25 uses k1=1.2, b=0.75.
     - `"rank_bm25"` (`pip install trl-search[rank_bm25]`): the pure-Python reference; very slow, for comparisons.
@@ -87,8 +88,8 @@ class BM25Retriever(Retriever):
         b = defaults["b"] if b is None else float(b)
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1; got k1={k1}, b={b}.")
-        if backend not in ("numba", "numpy"):
-            raise ValueError(f"backend must be 'numba' (fast) or 'numpy'; got {backend!r}.")
+        if backend not in ("numba", "bm25s-numba", "numpy"):
+            raise ValueError(f"backend must be 'numba' (fastest), 'bm25s-numba' or 'numpy'; got {backend!r}.")
         parameters = {"engine": engine, "k1": k1, "b": b}
         if engine == "bm25s":
             parameters["backend"] = backend

@@ -36,7 +36,12 @@ def _enable_numba_cache() -> None:
 
 
 class BM25sEngine:
-    """bm25s: sparse precomputed scores; the numba backend answers thousands of queries per second per core.
+    """bm25s: precomputed sparse BM25 scores (built and stored by bm25s), ranked by one of three backends:
+
+    - `"numba"` (default): trl-search's kernel (`bm25_kernel.py`), which visits only the documents a query's terms
+      touch; its cost follows the postings, not the corpus size.
+    - `"bm25s-numba"`: bm25s's own numba retrieval (a dense score array per query: cost grows with the corpus).
+    - `"numpy"`: bm25s's numpy retrieval (no compilation, slowest).
 
     Example:
         >>> builder = BM25sEngine.Builder({"k1": 0.9, "b": 0.4, "backend": "numba"}, workdir="")
@@ -49,10 +54,15 @@ class BM25sEngine:
     packages = ("bm25s", "numba", "PyStemmer")
     defaults = {"k1": 0.9, "b": 0.4}
 
-    def __init__(self, model, n_threads: int = 1):
-        if model.backend == "numba":
+    backends = ("numba", "bm25s-numba", "numpy")
+
+    def __init__(self, model, backend: str = "numba", n_threads: int = 1):
+        # bm25s only knows its own backends; ours reads its score matrix directly.
+        model.backend = "numba" if backend == "bm25s-numba" else "numpy"
+        if backend == "bm25s-numba":
             _enable_numba_cache()
         self.model = model
+        self.backend = backend
         self.n_threads = n_threads
 
     class Builder:
@@ -71,11 +81,10 @@ class BM25sEngine:
             import bm25s
             from bm25s.tokenization import Tokenized
 
-            backend = self.parameters["backend"]
-            model = bm25s.BM25(k1=self.parameters["k1"], b=self.parameters["b"], method="lucene", backend=backend)
+            model = bm25s.BM25(k1=self.parameters["k1"], b=self.parameters["b"], method="lucene", backend="numpy")
             model.index(Tokenized(ids=self.ids, vocab=self.vocab), show_progress=False)
             self.ids = []  # the sparse score matrix holds everything from here on
-            return BM25sEngine(model, n_threads)
+            return BM25sEngine(model, self.parameters["backend"], n_threads)
 
     @property
     def num_docs(self) -> int:
@@ -89,11 +98,15 @@ class BM25sEngine:
         if not active:
             return results
         k = min(k, self.num_docs)
-        rows, scores = self.model.retrieve(
-            [ids[i] for i in active], k=k, show_progress=False, n_threads=self.n_threads
-        )
+        if self.backend == "numba":
+            from .bm25_kernel import bm25_topk
+
+            scores, rows = bm25_topk(self.model.scores, [ids[i] for i in active], k, self.n_threads)
+        else:
+            threads = 0 if self.backend == "numpy" and self.n_threads == 1 else self.n_threads
+            rows, scores = self.model.retrieve([ids[i] for i in active], k=k, show_progress=False, n_threads=threads)
         for i, row_ids, row_scores in zip(active, np.asarray(rows).tolist(), np.asarray(scores).tolist()):
-            results[i] = [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if s > 0]
+            results[i] = [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if s > 0 and r >= 0]
         return results
 
     def save(self, directory: str) -> None:
@@ -104,11 +117,7 @@ class BM25sEngine:
         import bm25s
 
         model = bm25s.BM25.load(os.path.join(directory, "bm25s"), mmap=mmap, show_progress=False)
-        backend = parameters.get("backend", "numba")
-        if backend == "numba":
-            # `load` restores params but not the backend choice; the numba path works on memory-mapped arrays too.
-            model.backend = "numba"
-        return cls(model, n_threads)
+        return cls(model, parameters.get("backend", "numba"), n_threads)
 
 
 class TantivyEngine:
