@@ -156,6 +156,17 @@ def test_malformed_bodies_get_422_never_500(server, data):
     assert response.status_code == 422, response.text
 
 
+def test_cached_server_reports_hit_rate(bm25):
+    from trl_search.retrievers import CachedRetriever
+
+    with ServerThread(CachedRetriever(bm25)) as server:
+        client = RemoteRetriever(server.url)
+        first = client.search(["cave cheese", "tin mines", "cave cheese"], k=2)
+        assert client.search(["tin mines"], k=1) == [first[1][:1]]
+        cache = client.health()["cache"]
+    assert (cache["hits"], cache["lookups"]) == (2, 4)
+
+
 def test_bearer_token(bm25):
     config = ServerConfig(token="s3cret")
     with ServerThread(bm25, config=config) as server:

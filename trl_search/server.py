@@ -241,7 +241,9 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None):
 
     @app.get("/health")
     async def health():
+        cache = retriever.stats() if hasattr(retriever, "stats") else None
         return {
+            "cache": cache,
             "status": "ok",
             "retriever": retriever.describe(),
             "uptime_s": round(time.time() - started, 1),
