@@ -78,11 +78,12 @@ def main():
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 64, DEFAULT_EF_SEARCH])
     parser.add_argument("--minilm", action="store_true", help="use real MiniLM embeddings (384-d) of generated text")
-    parser.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: FAISS default)")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (0: FAISS default, all cores)")
     args = parser.parse_args()
     if args.threads:
         import faiss
 
+        # One thread by default: on a shared box, spinning OpenMP threads slow HNSW builds by 10x or more.
         faiss.omp_set_num_threads(args.threads)
 
     started = time.perf_counter()
