@@ -92,7 +92,7 @@ def build_demo_model(directory: str, hidden_size: int, num_layers: int) -> str:
     return directory
 
 
-def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, model_args: ModelConfig):
+def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, model_args: ModelConfig, callbacks=None):
     from accelerate import PartialState
 
     from trl_search.evaluation import resolve_retriever
@@ -136,6 +136,7 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
         train_dataset=dataset,
         retriever=retriever,
         peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,26 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     assert training_args.max_tokens_per_turn == training_args.max_obs_length == 500
     completions = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * 8
     assert completions // training_args.num_generations == 512
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_plain_stages_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu-smoke --quick: our trainer and stock GRPOTrainer on a tiny model, then the table."""
+    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    process = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    table = process.stdout[process.stdout.index("=== trl-search GPU check ===") :]
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("plain", "stock-plain"))}
+    assert " ok (" in rows["plain"] and " ok (" in rows["stock-plain"]
+    assert re.search(r"\d+\.\d\dx$", rows["plain"].strip())  # our step relative to the stock one
+    ours = json.loads((tmp_path / "results" / "plain.json").read_text())
+    stock = json.loads((tmp_path / "results" / "stock-plain.json").read_text())
+    assert len(ours["step_times"]) == len(stock["step_times"]) == 2
+    assert stock["sampled_tokens"] <= round(ours["sampled_tokens"]) + 1  # stock generates as many tokens as we sample
