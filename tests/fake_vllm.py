@@ -306,6 +306,11 @@ def install_fake_vllm(monkeypatch, tokenizer, scripts, mode: str) -> FakeEngines
             if self.accelerator.is_main_process:
                 fakes.client = self.vllm_client = FakeVLLMClient(fakes.engine)
         else:
+            if self.tensor_parallel_size > 1:  # the TP groups TRL builds: consecutive ranks
+                world = self.accelerator.num_processes
+                self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                    [list(range(i, i + self.tensor_parallel_size)) for i in range(0, world, self.tensor_parallel_size)]
+                )
             fakes.llm = self.llm = FakeLLM(fakes.engine)
             self._llm_weights_sleeping = False
         fakes.instances.append(self)

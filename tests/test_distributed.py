@@ -11,16 +11,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def accelerate_launch(script_args, timeout, config_file=None):
+def accelerate_launch(script_args, timeout, config_file=None, extra=()):
     """Runs `accelerate launch` with two CPU processes: an Accelerate config file, or by default `--multi_gpu`, which on
     a machine without GPUs means DDP on gloo."""
     if config_file is None:
         launcher = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no"]  # fmt: skip
     else:
-        launcher = ["--config_file", config_file]
+        launcher = ["--config_file", config_file, *extra]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", "0", *script_args]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["TRL_SEARCH_SKIP_DS_SHM_OP"] = "1"  # DeepSpeed on CPU: skip compiling its optional shared-memory kernel
     try:
         process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:  # a rank waiting in a collective that the other never joins
@@ -34,7 +35,7 @@ def test_ranks_with_different_turn_counts_stay_in_lockstep(tmp_path, tiny_model_
     accelerate_launch(["tests/multiprocess/lockstep.py", tiny_model_dir, str(tmp_path)], timeout=240)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
-    for run in ("transformers_gathered", "vllm_server"):
+    for run in ("transformers_gathered", "vllm_server", "vllm_colocate_tp2"):
         first, second = (rank[run] for rank in ranks)
         assert first["num_processes"] == 2 and first["backend"] == "gloo"
         for step in range(2):
@@ -63,3 +64,29 @@ def test_ranks_with_different_turn_counts_stay_in_lockstep(tmp_path, tiny_model_
     assert [request["prompts"] for request in requests] == [4, 2, 2, 4, 2, 2]
     assert ranks[0]["vllm_server"]["weight_syncs"] == 2
     assert "server_requests" not in ranks[1]["vllm_server"]
+
+    # vLLM colocate with tensor parallelism over both ranks: the TP group generates the rows of both ranks as one batch
+    # (each rank's engine the same batch), and each rank keeps its own slice (all samples answered above)
+    for rank in ranks:
+        assert rank["vllm_colocate_tp2"]["llm_batches"] == [4, 2, 2, 4, 2, 2]
+
+
+@pytest.mark.slow
+def test_zero3_generation_without_gather_keeps_the_collective_forwards_in_step(tmp_path, tiny_model_dir):
+    """DeepSpeed ZeRO-3 with `ds3_gather_for_generation=False`: every forward pass is a collective, so a rank whose
+    samples are done must still run `generate` each turn (with a dummy row) while the other rank works."""
+    pytest.importorskip("deepspeed")
+    config = os.path.join(ROOT, "examples", "accelerate_configs", "cpu_zero2.yaml")
+    accelerate_launch(
+        ["tests/multiprocess/lockstep.py", tiny_model_dir, str(tmp_path), "zero3"],
+        timeout=240,
+        config_file=config,
+        extra=["--zero_stage", "3"],
+    )
+    runs = [json.loads((tmp_path / f"rank{rank}.json").read_text())["zero3"] for rank in (0, 1)]
+    for run in runs:
+        assert run["zero_stage"] == 3 and run["num_processes"] == 2
+        assert [rollout["turns"] for rollout in run["rollouts"]] == [3, 3]
+        assert run["generate_calls"] == 6  # 3 turns x 2 steps on both ranks, idle turns included
+        assert len(run["log"]) == 2
+    assert sorted(runs[0]["rollouts"][0]["sample_turns"] + runs[1]["rollouts"][0]["sample_turns"]) == [1, 1, 3, 3]

@@ -36,6 +36,10 @@ class SearchGRPOTrainer(GRPOTrainer):
         **kwargs: anything else `GRPOTrainer` accepts (callbacks, peft_config, ...), except `rollout_func`, `tools`
             and `environment_factory`, which the search rollout replaces.
 
+    Generation: transformers `generate` by default; with `use_vllm=True`, TRL's vLLM engine in either mode
+    (`vllm_mode="colocate"` or `"server"`), one call per turn with the protocol's stop strings, and the sampling logprobs
+    go to TRL's importance-sampling correction. Saved models carry `search_config.json` (see `trl_search.hub`).
+
     Reward functions receive, besides the dataset columns, `num_searches`, `search_queries`, `retrieved_texts` and
     `answer_in_retrieval` (whether a gold answer appeared in the retrieved text; None without `golden_answers`).
 

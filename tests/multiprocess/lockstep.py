@@ -18,6 +18,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -63,10 +64,13 @@ class RecordingTrainer(SearchGRPOTrainer):
         super()._log_rollout_metrics(output, mode)
 
 
-def train(model_dir, out_dir, name, **overrides):
+def train(model_dir, out_dir, name, script=None, **overrides):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    script_model_forward(model, tokenizer, SCRIPTS)
+    if script is None:
+        script_model_forward(model, tokenizer, SCRIPTS)
+    else:
+        script(model, tokenizer)
     retriever = RecordingRetriever.build(CORPUS, backend="numpy")
     retriever.calls = []
     args = SearchGRPOConfig(
@@ -94,7 +98,10 @@ def train(model_dir, out_dir, name, **overrides):
     )
     trainer.rollouts = []
     trainer.train()
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
     return {
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "generate_calls": getattr(model, "generate_calls", None),
         "rollouts": trainer.rollouts,
         "retriever_calls": retriever.calls,
         "num_processes": trainer.accelerator.num_processes,
@@ -104,21 +111,84 @@ def train(model_dir, out_dir, name, **overrides):
     }
 
 
-def main(model_dir, out_dir):
-    result = {"transformers_gathered": train(model_dir, out_dir, "transformers", gather_retrieval_queries=True)}
-    with pytest.MonkeyPatch.context() as patch:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        fakes = install_fake_vllm(patch, tokenizer, SCRIPTS, "server")
-        result["vllm_server"] = train(model_dir, out_dir, "vllm", use_vllm=True, vllm_mode="server")
-        if fakes.client is not None:
-            result["vllm_server"]["server_requests"] = [
-                {"prompts": len(body["prompt"]), "max_tokens": body["max_tokens"]} for body in fakes.client.requests
-            ]
-            result["vllm_server"]["weight_syncs"] = len(fakes.client.loaded_weights)
+def script_real_forward(model, tokenizer):
+    """Like `script_model_forward`, but every generation forward pass also runs the real model (so that under ZeRO-3
+    without a parameter gather each forward is the collective it is in real training); only the logits are replaced.
+    Records the number of `generate` calls."""
+    original_generate, original_forward = model.generate, model.forward
+    state = {"targets": None, "width": 0}
+    model.generate_calls = 0
+
+    def turn_ids(context: str) -> list[int]:
+        marker = next((m for m in SCRIPTS if m in context), None)
+        if marker is None:  # the one-token dummy a rank without samples generates to join the collective
+            return [tokenizer.eos_token_id]
+        script, turn = SCRIPTS[marker][0], context.count("</information>")
+        if turn >= len(script):
+            return [tokenizer.eos_token_id]
+        return tokenizer(script[turn] + " filler filler", add_special_tokens=False)["input_ids"]
+
+    def generate(*args, **kwargs):
+        model.generate_calls += 1
+        input_ids = kwargs["input_ids"]
+        state["width"] = input_ids.shape[1]
+        state["targets"] = [turn_ids(tokenizer.decode(row, skip_special_tokens=True)) for row in input_ids.tolist()]
+        kwargs["generation_config"].use_cache = False
+        kwargs["generation_config"].do_sample = False
+        try:
+            return original_generate(*args, **kwargs)
+        finally:
+            state["targets"] = None
+
+    def forward(input_ids=None, **kwargs):
+        output = original_forward(input_ids=input_ids, **kwargs)  # real: a collective under ZeRO-3
+        if state["targets"] is None:
+            return output
+        step = input_ids.shape[1] - state["width"]
+        logits = torch.full_like(output.logits, -1e4)
+        for row, targets in enumerate(state["targets"]):
+            logits[row, -1, targets[step] if step < len(targets) else tokenizer.eos_token_id] = 1e4
+        output.logits = logits
+        return output
+
+    model.generate, model.forward = generate, forward
+    return model
+
+
+def main(model_dir, out_dir, mode):
+    result = {}
+    if mode == "zero3":  # generation without a parameter gather: every forward pass is a collective
+        result["zero3"] = train(
+            model_dir, out_dir, "zero3", ds3_gather_for_generation=False, script=script_real_forward
+        )
+    else:
+        result["transformers_gathered"] = train(model_dir, out_dir, "transformers", gather_retrieval_queries=True)
+        with pytest.MonkeyPatch.context() as patch:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            fakes = install_fake_vllm(patch, tokenizer, SCRIPTS, "server")
+            result["vllm_server"] = train(model_dir, out_dir, "vllm", use_vllm=True, vllm_mode="server")
+            if fakes.client is not None:
+                result["vllm_server"]["server_requests"] = [
+                    {"prompts": len(body["prompt"]), "max_tokens": body["max_tokens"]}
+                    for body in fakes.client.requests
+                ]
+                result["vllm_server"]["weight_syncs"] = len(fakes.client.loaded_weights)
+        with pytest.MonkeyPatch.context() as patch:  # colocate, tensor parallel over both ranks
+            fakes = install_fake_vllm(patch, AutoTokenizer.from_pretrained(model_dir), SCRIPTS, "colocate")
+            result["vllm_colocate_tp2"] = train(
+                model_dir, out_dir, "tp2", use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2
+            )
+            result["vllm_colocate_tp2"]["llm_batches"] = [len(params) for params in fakes.llm.calls]
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if os.environ.get("TRL_SEARCH_SKIP_DS_SHM_OP") == "1":  # see tests/multiprocess/run_train_nq.py
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if os.environ.get("LOCKSTEP_BREAK_JOIN") == "1":  # to see the test catch a rank that skips the collective
+        RecordingTrainer._forward_is_collective = lambda self: False
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
