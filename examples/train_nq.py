@@ -129,7 +129,9 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
         seed=training_args.seed,
         limit_per_source=script_args.limit_per_source,
     )
-    retriever = resolve_retriever(script_args.retriever)
+    # Gathered retrieval: only the main process queries, so only it opens the index.
+    main_only = training_args.gather_retrieval_queries and training_args.process_index != 0
+    retriever = None if main_only else resolve_retriever(script_args.retriever)
     trainer = SearchGRPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

@@ -54,6 +54,7 @@ def test_ranks_with_different_turn_counts_stay_in_lockstep(tmp_path, tiny_model_
         ["capital of Veldoria", "Brantis founder"] * 2
     )
     assert gathered[1]["retriever_calls"] == []
+    assert gathered[0]["has_retriever"] and not gathered[1]["has_retriever"]  # rank 1 opened no index at all
 
     # default: each rank queries its own retriever with its own samples' queries
     per_rank = [rank["vllm_server"]["retriever_calls"] for rank in ranks]

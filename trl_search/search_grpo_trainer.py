@@ -32,7 +32,8 @@ class SearchGRPOTrainer(GRPOTrainer):
         reward_funcs: reward function(s); defaults to `trl_search.rewards.exact_match_reward`.
         args: a `SearchGRPOConfig`.
         train_dataset: a dataset with a `prompt` column (text or chat messages) and a `golden_answers` column.
-        retriever: a `Retriever`, or a spec for `load_retriever` (an index directory or a `/retrieve` URL).
+        retriever: a `Retriever`, or a spec for `load_retriever` (an index directory or a `/retrieve` URL). With
+            `gather_retrieval_queries=True`, ranks other than the main one may pass None.
         **kwargs: anything else `GRPOTrainer` accepts (callbacks, peft_config, ...), except `rollout_func`, `tools`
             and `environment_factory`, which the search rollout replaces.
 
@@ -69,14 +70,16 @@ class SearchGRPOTrainer(GRPOTrainer):
         retriever: Retriever | str | os.PathLike | None = None,
         **kwargs,
     ):
-        if retriever is None:
+        # With gathered retrieval only the main process queries: the other ranks may pass None (no index in memory).
+        gathered = args is not None and getattr(args, "gather_retrieval_queries", False)
+        if retriever is None and not (gathered and args.process_index != 0):
             raise ValueError(
                 "SearchGRPOTrainer needs a retriever: pass retriever=BM25Retriever.build('corpus.jsonl'), "
                 "load_retriever('path/to/index'), or a Search-R1 server URL such as 'http://127.0.0.1:8000/retrieve'."
             )
         if isinstance(retriever, (str, os.PathLike)):
             retriever = load_retriever(retriever)
-        if not hasattr(retriever, "search"):
+        if retriever is not None and not hasattr(retriever, "search"):
             raise TypeError(f"retriever must be a trl_search Retriever, got {type(retriever).__name__}.")
         for name in ("rollout_func", "tools", "environment_factory"):
             if kwargs.get(name):

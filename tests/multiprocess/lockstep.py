@@ -73,6 +73,7 @@ def train(model_dir, out_dir, name, script=None, **overrides):
         script(model, tokenizer)
     retriever = RecordingRetriever.build(CORPUS, backend="numpy")
     retriever.calls = []
+    on_main_only = overrides.get("gather_retrieval_queries", False)  # the other rank passes no retriever at all
     args = SearchGRPOConfig(
         output_dir=os.path.join(out_dir, name),
         per_device_train_batch_size=2,
@@ -94,7 +95,11 @@ def train(model_dir, out_dir, name, script=None, **overrides):
     )
     dataset = Dataset.from_list([{"prompt": q, "golden_answers": a} for q, a in QUESTIONS])
     trainer = RecordingTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, retriever=retriever
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        retriever=None if on_main_only and args.process_index != 0 else retriever,
     )
     trainer.rollouts = []
     trainer.train()
@@ -107,6 +112,7 @@ def train(model_dir, out_dir, name, script=None, **overrides):
         "num_processes": trainer.accelerator.num_processes,
         "backend": str(trainer.accelerator.state.backend),
         "gathered": type(trainer.search_rollout.retriever).__name__,
+        "has_retriever": trainer.retriever is not None,
         "log": [entry for entry in trainer.state.log_history if "loss" in entry],
     }
 
