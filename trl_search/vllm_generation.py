@@ -31,7 +31,14 @@ def sampling_settings(vllm_generation) -> dict:
         "min_p": 0.0 if vllm_generation.min_p is None else vllm_generation.min_p,
         "logprobs": 0 if vllm_generation.logprobs is None else vllm_generation.logprobs,  # the sampled token's
     }
-    settings.update(vllm_generation.generation_kwargs or {})
+    extra = dict(vllm_generation.generation_kwargs or {})
+    owned = sorted({"n", "max_tokens", "stop", "include_stop_str_in_output"} & set(extra))
+    if owned:
+        raise ValueError(
+            f"generation_kwargs sets {owned}, which the search rollout sets itself on every turn (one sample per "
+            "prompt, the turn's token budget, the protocol's stop strings kept in the output); remove them."
+        )
+    settings.update(extra)
     return settings
 
 
