@@ -97,7 +97,7 @@ class DenseRetriever(Retriever):
         encoder: str | os.PathLike | EncoderConfig | Encoder,
         index: str = "flat",
         hnsw_m: int = 32,
-        ef_construction: int = 200,
+        ef_construction: int = 80,
         ef_search: int = DEFAULT_EF_SEARCH,
         nlist: int = 1024,
         nprobe: int = 32,

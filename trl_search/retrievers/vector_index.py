@@ -49,7 +49,7 @@ class FaissIndex:
         dim: int,
         *,
         hnsw_m: int = 32,
-        ef_construction: int = 200,
+        ef_construction: int = 80,
         ef_search: int = DEFAULT_EF_SEARCH,
         nlist: int = 1024,
         nprobe: int = 32,
