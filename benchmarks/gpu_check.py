@@ -45,8 +45,18 @@ def plan_install(wheels_dir: str) -> tuple[list[str], list[str]]:
     satisfy from the folder."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # no `packaging` (transformers needs it, so unlikely): every wheel whose package is missing
+        paths = sorted(glob.glob(os.path.join(wheels_dir, "*.whl")))
+        missing = []
+        for path in paths:
+            try:
+                version(_wheel_metadata(path)[0])
+            except PackageNotFoundError:
+                missing.append(path)
+        return missing, ["`packaging` is missing: requirements not checked"]
 
     wheels = {}
     for path in sorted(glob.glob(os.path.join(wheels_dir, "*.whl"))):
@@ -88,6 +98,13 @@ def install(args) -> None:
         print(f"[install] WARNING unmet requirement: {line}")
     if paths and not args.dry_run:
         os.makedirs(args.target, exist_ok=True)
+        try:
+            import pip  # noqa: F401
+        except ImportError:  # a wheel is a zip of what goes into site-packages: unpack it there
+            for path in paths:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(args.target)
+            return
         command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target",
                    args.target, *paths]  # fmt: skip
         subprocess.run(command, check=True)
