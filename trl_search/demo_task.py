@@ -11,13 +11,14 @@ teacher (searching well, searching with a lazy query, or guessing without search
 Example:
     >>> world = make_world(seed=0, num_train_lands=8, num_test_lands=4)
     >>> question = world.test_questions[0]
-    >>> question["golden_answers"][0] in world.passage_of(question["land"])["contents"]
+    >>> question["golden_answers"][0] in world.passage_of(question["land"], question["attribute"])["contents"]
     True
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from .demo_world import _NameMaker
@@ -30,15 +31,23 @@ class Attribute:
 
     name: str
     question: str  # with {land}
-    sentence: str  # with {value}
+    sentence: str  # with {land} and {value}, the value last
     lazy_query: str
+
+    def good_query(self, land: str) -> str:
+        """The query of a careful searcher: the attribute and the land's name."""
+        return f"{self.lazy_query} {land}"
 
 
 ATTRIBUTES = (
-    Attribute("capital", "What is the capital of {land}?", "Its capital is {value}.", "capital"),
-    Attribute("river", "Which river flows through {land}?", "The river {value} flows through it.", "river flows"),
-    Attribute("founder", "Who founded {land}?", "It was founded by {value}.", "founded"),
-    Attribute("mountain", "What is the highest mountain of {land}?", "Its highest mountain is {value}.", "mountain"),
+    Attribute("capital", "What is the capital of {land}?", "The capital of {land} is {value}.", "capital"),
+    Attribute(
+        "river", "Which river flows through {land}?", "The river that flows through {land} is {value}.", "river"
+    ),
+    Attribute("founder", "Who founded {land}?", "{land} was founded by {value}.", "founded"),
+    Attribute(
+        "mountain", "What is the highest mountain of {land}?", "The highest mountain of {land} is {value}.", "mountain"
+    ),
 )
 
 # Distractors: the questions' own words, many times over, and never a land's name or an answer.
@@ -90,15 +99,19 @@ class World:
     test_questions: list[dict]
     answer_pool: list[str] = field(default_factory=list)  # train answers, what a guessing teacher picks from
 
-    def passage_of(self, land: str) -> dict:
-        """The corpus row of `land`.
+    def passage_of(self, land: str, attribute: str) -> dict:
+        """The corpus row that states `attribute` of `land`.
 
         Example:
             >>> world = make_world(seed=0, num_train_lands=2, num_test_lands=1)
-            >>> world.passage_of(world.train_lands[0].name)["contents"].split("\\n")[0] == f'"{world.train_lands[0].name}"'
+            >>> land = world.train_lands[0]
+            >>> world.passage_of(land.name, "river")["contents"].endswith(land.values["river"] + ".")
             True
         """
-        return next(row for row in self.corpus if row["contents"].split("\n", 1)[0] == f'"{land}"')
+        sentence = next(a.sentence for a in ATTRIBUTES if a.name == attribute)
+        land_row = next(item for item in self.train_lands + self.test_lands if item.name == land)
+        contents = f'"{land}"\n' + sentence.format(land=land, value=land_row.values[attribute])
+        return next(row for row in self.corpus if row["contents"] == contents)
 
     def texts(self) -> list[str]:
         """All of the world's text (corpus, questions, prompts), to train a tokenizer on."""
@@ -106,9 +119,12 @@ class World:
         return [row["contents"] for row in self.corpus] + [make_prompt(row["question"]) for row in questions]
 
 
-def _land_passage(land: Land) -> str:
-    facts = " ".join(attribute.sentence.format(value=land.values[attribute.name]) for attribute in ATTRIBUTES)
-    return f'"{land.name}"\n{land.name} is a land. {facts}'
+def _land_passages(land: Land) -> list[str]:
+    """One short passage per fact, titled with the land's name; the value ends the passage."""
+    return [
+        f'"{land.name}"\n' + attribute.sentence.format(land=land.name, value=land.values[attribute.name])
+        for attribute in ATTRIBUTES
+    ]
 
 
 def _questions(lands: list[Land], split: str) -> list[dict]:
@@ -128,13 +144,13 @@ def _questions(lands: list[Land], split: str) -> list[dict]:
 
 
 def _unique_pairs(pool: list[str], count: int, rng: random.Random) -> list[str]:
-    if count > len(pool) * (len(pool) - 1):
+    if count > len(pool) * (len(pool) - 1) // 2:
         raise ValueError(f"Cannot make {count} distinct names from {len(pool)} words.")
-    pairs: dict[str, None] = {}
+    pairs: dict[frozenset, str] = {}  # "Vor Lak" and "Lak Vor" would be the same query to BM25: keep one
     while len(pairs) < count:
         first, second = rng.sample(pool, 2)
-        pairs.setdefault(f"{first} {second}", None)
-    return list(pairs)
+        pairs.setdefault(frozenset((first, second)), f"{first} {second}")
+    return list(pairs.values())
 
 
 def make_world(seed: int = 0, num_train_lands: int = 150, num_test_lands: int = 40) -> World:
@@ -145,7 +161,7 @@ def make_world(seed: int = 0, num_train_lands: int = 150, num_test_lands: int = 
         >>> world = make_world(seed=1, num_train_lands=10, num_test_lands=5)
         >>> len(world.train_questions), len(world.test_questions)
         (40, 20)
-        >>> world.train_questions[0]["question"].startswith("What is the capital of")
+        >>> world.train_questions[0]["question"].endswith("?")
         True
     """
     rng = random.Random(seed)
@@ -156,7 +172,7 @@ def make_world(seed: int = 0, num_train_lands: int = 150, num_test_lands: int = 
     values = _unique_pairs([words.word(1) for _ in range(NAME_WORDS)], len(land_names) * len(ATTRIBUTES), rng)
     lands = [Land(name, {attribute.name: values.pop() for attribute in ATTRIBUTES}) for name in land_names]
     train_lands, test_lands = lands[:num_train_lands], lands[num_train_lands:]
-    passages = [_land_passage(land) for land in lands]
+    passages = [passage for land in lands for passage in _land_passages(land)]
     passages += [f'"{name.capitalize()}"\n{text}' for name, texts in _DISTRACTOR_TEXTS.items() for text in texts]
     rng.shuffle(passages)
     corpus = [{"id": str(index), "contents": contents} for index, contents in enumerate(passages)]
@@ -212,38 +228,37 @@ class Demonstration:
 
 
 def teacher_action(question: dict, skill: TeacherSkill, rng: random.Random) -> tuple[str, str | None]:
-    """Draws what the teacher does: (`"good"`, land), (`"lazy"`, lazy query) or (`"guess"`, None).
+    """Draws what the teacher does: (`"good"`, good query), (`"lazy"`, lazy query) or (`"guess"`, None).
 
     Example:
-        >>> q = {"land": "Vorlak", "attribute": "capital"}
+        >>> q = {"land": "Vor Lak", "attribute": "capital"}
         >>> teacher_action(q, TeacherSkill(good_search={"capital": 1.0}), random.Random(0))
-        ('good', 'Vorlak')
+        ('good', 'capital Vor Lak')
     """
     draw = rng.random()
     good = skill.good_search.get(question["attribute"], 0.0)
+    attribute = next(a for a in ATTRIBUTES if a.name == question["attribute"])
     if draw < good:
-        return "good", question["land"]
+        return "good", attribute.good_query(question["land"])
     if draw < good + (1 - good) * skill.lazy_share:
-        return "lazy", next(a.lazy_query for a in ATTRIBUTES if a.name == question["attribute"])
+        return "lazy", attribute.lazy_query
     return "guess", None
 
 
-def read_answer(observation_passages: list, attribute: str) -> str | None:
-    """What a reader copies from retrieved passages: the attribute's value in the first passage that states one.
+def read_answer(passages: list, attribute: str) -> str | None:
+    """What a reader copies from retrieved passages: the value in the first passage that states `attribute`.
 
     Example:
         >>> from trl_search.retrievers import Passage
-        >>> read_answer([Passage("0", "Vorlak", "Vorlak is a land. Its capital is Zumbro.")], "capital")
-        'Zumbro'
+        >>> read_answer([Passage("0", "Vor Lak", "The capital of Vor Lak is Zum Bro.")], "capital")
+        'Zum Bro'
     """
     sentence = next(a.sentence for a in ATTRIBUTES if a.name == attribute)
-    prefix, suffix = sentence.split("{value}")
-    for passage in observation_passages:
-        start = passage.text.find(prefix)
-        if start != -1:
-            start += len(prefix)
-            end = passage.text.find(suffix, start)
-            return passage.text[start:end].strip()
+    pattern = re.escape(sentence).replace(re.escape("{land}"), ".+?").replace(re.escape("{value}"), "(.+)")
+    for passage in passages:
+        match = re.fullmatch(pattern, passage.text)
+        if match:
+            return match.group(1)
     return None
 
 

@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress display")
 
 
+def _command_line() -> str:
+    """How this run was started, for the results: `python examples/demo.py ...` or `trl-search demo ...`."""
+    program = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else "trl-search"
+    return " ".join([program, *(shlex.quote(arg) for arg in sys.argv[1:])])
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, DemoPipeline
 
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["progress"] = False
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     pipeline = DemoPipeline(config)
-    pipeline.results["command"] = " ".join(shlex.quote(arg) for arg in getattr(args, "argv", None) or sys.argv)
+    pipeline.results["command"] = _command_line()
     results = pipeline.run()
     pipeline.display.print(f"\n{results['table']}\n\nWrote {args.output_dir}/results.json, results.md and the plots.")
     return 0
