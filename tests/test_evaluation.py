@@ -298,3 +298,22 @@ def test_evaluate_validates_its_arguments(tiny_tokenizer):
         evaluate("no/such-model", "demo", "demo", baseline="rag", prompt_template="{question}")
     with pytest.raises(ValueError, match="Unknown dataset"):
         evaluate("no/such-model", "demo", "demo,nope")
+
+
+def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_dir, tmp_path):
+    import shutil
+
+    from trl_search.hub import save_search_settings
+
+    model_dir = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, model_dir)
+    template = "Find it with search tags, answer with answer tags.\nQuestion: {question}\n"
+    saved = {"prompt_template": template, "prompt_format": "text", "max_turns": 2, "top_k": 1, "max_obs_length": 40}
+    save_search_settings(str(model_dir), {**saved, "max_tokens_per_turn": 8, "max_completion_length": 96})
+
+    results = evaluate(str(model_dir), "demo", "demo", limit=2, max_turns=1, progress=False)
+
+    assert results["prompt_template"] == template and results["conversational"] is False
+    assert results["rollout"]["max_turns"] == 1  # given explicitly: wins over the saved value
+    assert results["rollout"]["top_k"] == 1 and results["rollout"]["max_obs_length"] == 40
+    assert results["rollout"]["max_tokens_per_turn"] == 8 and results["rollout"]["max_completion_length"] == 96

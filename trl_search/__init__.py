@@ -7,6 +7,7 @@ _LAZY = {
     "SearchGRPOConfig": "trl_search.search_grpo_config",
     "SearchGRPOTrainer": "trl_search.search_grpo_trainer",
     "evaluate": "trl_search.evaluation",
+    "load_search_settings": "trl_search.hub",
 }
 
 
@@ -18,4 +19,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'trl_search' has no attribute {name!r}")
 
 
-__all__ = ["SearchGRPOConfig", "SearchGRPOTrainer", "__version__", "evaluate"]
+__all__ = ["SearchGRPOConfig", "SearchGRPOTrainer", "__version__", "evaluate", "load_search_settings"]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -29,7 +30,17 @@ from .protocols import extract_answer, get_protocol
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
 
 
+logger = logging.getLogger(__name__)
+
 BASELINES = (None, "direct", "rag")
+# The paper's rollout limits, used for what neither the caller nor the model's saved search settings give.
+PAPER_ROLLOUT = {
+    "max_turns": 4,
+    "top_k": 3,
+    "max_obs_length": 500,
+    "max_tokens_per_turn": 500,
+    "max_completion_length": 2048,
+}
 # name in results.json -> row label in results.md, in display order
 METRICS = {
     "em": "EM",
@@ -42,6 +53,19 @@ METRICS = {
     "format_valid": "Well-formed",
     "completion_tokens": "Completion tokens",
 }
+
+
+def _saved_search_settings(model_name: str) -> dict | None:
+    """The `search_config.json` saved with a trl-search model, if any (a Hub id that cannot be reached: none)."""
+    from .hub import load_search_settings
+
+    if os.path.isdir(model_name):
+        return load_search_settings(model_name)
+    try:
+        return load_search_settings(model_name)
+    except Exception as error:  # offline or private: evaluation then runs on explicit settings and the defaults
+        logger.warning("Could not read search settings of %s from the Hub (%s); using defaults.", model_name, error)
+        return None
 
 
 def resolve_retriever(spec):
@@ -231,11 +255,11 @@ def evaluate(
     limit: int | None = None,
     output_dir: str | None = None,
     batch_size: int = 32,
-    max_turns: int = 4,
-    top_k: int = 3,
-    max_obs_length: int = 500,
-    max_tokens_per_turn: int = 500,
-    max_completion_length: int = 2048,
+    max_turns: int | None = None,
+    top_k: int | None = None,
+    max_obs_length: int | None = None,
+    max_tokens_per_turn: int | None = None,
+    max_completion_length: int | None = None,
     prompt_template: str | None = None,
     conversational: bool | None = None,
     chat_template_kwargs: dict | None = None,
@@ -259,6 +283,10 @@ def evaluate(
         data_dir: local copy of the datasets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
         split, limit: which split (default test, else dev) and how many questions per dataset.
         output_dir: where to write `results.json`, `results.md` and `trajectories.jsonl` (nothing written if None).
+        max_turns, top_k, max_obs_length, max_tokens_per_turn, max_completion_length: rollout limits. Left as None,
+            they come from the `search_config.json` saved with a trl-search model (so a checkpoint is evaluated as
+            it was trained), else the paper's values (`PAPER_ROLLOUT`). The saved prompt template, prompt format and
+            chat-template arguments are used the same way.
         prompt_template: overrides the template of the mode (`DEFAULT_PROMPT_TEMPLATE`, `DIRECT_PROMPT_TEMPLATE`,
             `RAG_PROMPT_TEMPLATE`).
         conversational: wrap prompts as a user message for the chat template; default: when the tokenizer has one.
@@ -291,6 +319,21 @@ def evaluate(
     retriever = resolve_retriever(retriever) if baseline != "direct" else None
     if baseline != "direct" and retriever is None:
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
+    # What is not given explicitly comes from the settings saved with the model, else the paper's values.
+    saved = _saved_search_settings(model_name) if model_name is not None else None
+    limits = {"max_turns": max_turns, "top_k": top_k, "max_obs_length": max_obs_length}
+    limits.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
+    limits = {
+        key: value if value is not None else (saved or {}).get(key, PAPER_ROLLOUT[key])
+        for key, value in limits.items()
+    }
+    if saved is not None:
+        if conversational is None and saved.get("prompt_format"):
+            conversational = saved["prompt_format"] == "conversational"
+        if chat_template_kwargs is None:
+            chat_template_kwargs = saved.get("chat_template_kwargs") or None
+        if prompt_template is None and baseline is None:
+            prompt_template = saved.get("prompt_template")
     if prompt_template is None:
         prompt_template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}
         prompt_template = prompt_template[baseline]
@@ -307,16 +350,9 @@ def evaluate(
         generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
     if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
         conversational = getattr(tokenizer, "chat_template", None) is not None
-    turns = max_turns if baseline is None else 0  # the baselines answer in one turn
-    settings = {
-        "protocol": "tags",
-        "max_turns": turns,
-        "top_k": top_k,
-        "max_obs_length": max_obs_length,
-        "max_tokens_per_turn": max_tokens_per_turn,
-        "max_completion_length": max_completion_length,
-        "mask_retrieved_tokens": True,
-    }
+    settings = {"protocol": "tags", **limits, "mask_retrieved_tokens": True}
+    if baseline is not None:
+        settings["max_turns"] = 0  # the baselines answer in one turn
     rollout = SearchRollout(retriever, tokenizer, **settings)
     run_info = {
         "label": label or (baseline or "search"),
@@ -355,7 +391,7 @@ def evaluate(
                     tokenizer,
                     retriever,
                     baseline,
-                    top_k,
+                    limits["top_k"],
                     prompt_template,
                     conversational,
                     chat_template_kwargs,

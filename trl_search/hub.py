@@ -59,9 +59,11 @@ def save_search_settings(directory: str | os.PathLike, settings: dict) -> str:
     """
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, SEARCH_SETTINGS_NAME)
-    with open(path, "w", encoding="utf-8") as handle:
+    staging = f"{path}.tmp-{os.getpid()}"
+    with open(staging, "w", encoding="utf-8") as handle:
         json.dump(settings, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    os.replace(staging, path)  # a crash mid-write never leaves a truncated settings file next to the model
     return path
 
 

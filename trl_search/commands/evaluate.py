@@ -40,13 +40,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--label", default=None, help="row label in the markdown table")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
-    parser.add_argument("--max_turns", "--max-turns", type=int, default=4, help="maximum searches per question")
-    parser.add_argument("--top_k", "--top-k", type=int, default=3, help="passages per search")
     parser.add_argument(
-        "--max_obs_length", "--max-obs-length", type=int, default=500, help="maximum tokens per observation"
+        "--max_turns",
+        "--max-turns",
+        type=int,
+        default=None,
+        help="maximum searches per question (default: the model's search_config.json, else 4)",
     )
-    parser.add_argument("--max_tokens_per_turn", "--max-tokens-per-turn", type=int, default=500)
-    parser.add_argument("--max_completion_length", "--max-completion-length", type=int, default=2048)
+    parser.add_argument(
+        "--top_k",
+        "--top-k",
+        type=int,
+        default=None,
+        help="passages per search (default: the model's search_config.json, else 3)",
+    )
+    parser.add_argument(
+        "--max_obs_length",
+        "--max-obs-length",
+        type=int,
+        default=None,
+        help="maximum tokens per observation (default: the model's search_config.json, else 500)",
+    )
+    parser.add_argument(
+        "--max_tokens_per_turn",
+        "--max-tokens-per-turn",
+        type=int,
+        default=None,
+        help="tokens per turn (default: the model's search_config.json, else 500)",
+    )
+    parser.add_argument(
+        "--max_completion_length",
+        "--max-completion-length",
+        type=int,
+        default=None,
+        help="tokens per completion (default: the model's search_config.json, else 2048)",
+    )
     parser.add_argument(
         "--prompt_template_file",
         "--prompt-template-file",
