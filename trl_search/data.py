@@ -81,10 +81,15 @@ def make_search_prompt(
 
 
 def tokenize_prompts(
-    prompts: Sequence[str | list[dict]], tokenizer, chat_template_kwargs: dict | None = None
+    prompts: Sequence[str | list[dict]],
+    tokenizer,
+    chat_template_kwargs: dict | None = None,
+    chat_template: str | None = None,
 ) -> list[list[int]]:
     """Tokenises prompts as TRL's `GRPOTrainer` does: conversations through the chat template with the generation
-    prompt, plain strings with the tokenizer (including its own special tokens, such as a BOS).
+    prompt, plain strings with the tokenizer (including its own special tokens, such as a BOS). The trainer and the
+    evaluation both call it, so a model is evaluated on exactly the tokens it was trained on. `chat_template`
+    overrides the tokenizer's template (as TRL's `chat_template_path` does).
 
     Example:
         >>> tokenize_prompts([[{"role": "user", "content": "Who founded Brantis?"}]], tokenizer)  # doctest: +SKIP
@@ -96,7 +101,12 @@ def tokenize_prompts(
     conversational = [isinstance(prompt, list) for prompt in prompts]
     if all(conversational):
         encoded = tokenizer.apply_chat_template(
-            prompts, add_generation_prompt=True, tokenize=True, return_dict=True, **(chat_template_kwargs or {})
+            prompts,
+            chat_template=chat_template,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **(chat_template_kwargs or {}),
         )
         return [list(ids) for ids in encoded["input_ids"]]
     if any(conversational):

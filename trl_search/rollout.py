@@ -20,33 +20,6 @@ from .retrievers.base import Retriever
 from .rewards import normalize_answer
 
 
-def tokenize_prompts(prompts: list, tokenizer, chat_template: str | None = None, **chat_template_kwargs):
-    """Tokenises prompts as TRL's GRPOTrainer does: chat messages through the chat template with the generation
-    prompt, plain strings with the tokenizer's own special tokens.
-
-    Example:
-        >>> tokenize_prompts(["Question: who?"], tokenizer)  # doctest: +SKIP
-        [[...]]
-    """
-    if not prompts:
-        return []
-    if isinstance(prompts[0], list):
-        return [
-            list(
-                tokenizer.apply_chat_template(
-                    prompt,
-                    chat_template=chat_template,
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=True,
-                    **chat_template_kwargs,
-                )["input_ids"]
-            )
-            for prompt in prompts
-        ]
-    return [list(ids) for ids in tokenizer(text=list(prompts))["input_ids"]]
-
-
 @dataclass
 class GeneratedTurn:
     """What a generator returns for one sample and one turn."""

@@ -10,11 +10,12 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from .data import tokenize_prompts
 from .gathered_retrieval import GatheredRetriever
 from .hub import model_card_section, save_search_settings, search_settings
 from .retrievers.base import Retriever, load_retriever
 from .rewards import exact_match_reward
-from .rollout import RolloutOutput, SearchRollout, TransformersGenerator, tokenize_prompts
+from .rollout import RolloutOutput, SearchRollout, TransformersGenerator
 from .search_grpo_config import SearchGRPOConfig
 from .vllm_generation import make_vllm_generator
 
@@ -147,9 +148,7 @@ class SearchGRPOTrainer(GRPOTrainer):
 
     def _search_rollout_func(self, prompts: list, trainer) -> dict:
         mode = "train" if self.model.training else "eval"
-        prompt_ids = tokenize_prompts(
-            prompts, self.processing_class, chat_template=self.chat_template, **self.chat_template_kwargs
-        )
+        prompt_ids = tokenize_prompts(prompts, self.processing_class, self.chat_template_kwargs, self.chat_template)
         golden_answers = None
         if self._rollout_inputs is not None and len(self._rollout_inputs) == len(prompts):
             golden_answers = [row.get("golden_answers") for row in self._rollout_inputs]
