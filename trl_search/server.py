@@ -73,8 +73,9 @@ class ServerConfig:
 class BatchingSearcher:
     """Collects the queries of concurrent requests and answers them with one `retriever.search` call.
 
-    A batch closes `wait_s` after its first request arrives (or at `max_queries`); searches run one at a time in a
-    worker thread, so requests arriving during a search form the next batch. Requests asking for different `k` share
+    A batch takes every request already queued; it waits (at most `wait_s` after its first request) for more only
+    while other requests are still being received (`arriving`), so a lone client never waits. Searches run one at a
+    time in a worker thread, so requests arriving during a search form the next batch. Requests asking for different `k` share
     a batch: it is searched at the largest `k` and each request gets its prefix.
 
     Example:
@@ -90,6 +91,7 @@ class BatchingSearcher:
         self.batches = 0
         self.queries = 0
         self.requests = 0
+        self.arriving = 0  # requests received by the server but not yet queued here
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
@@ -122,7 +124,7 @@ class BatchingSearcher:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or self.arriving <= 0:
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), remaining)
@@ -199,7 +201,16 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None):
                 },
                 status_code=413,
             )
-        return await call_next(request)
+        if request.url.path != "/retrieve":
+            return await call_next(request)
+        # Count the request as arriving until the endpoint queues it (or it fails), so batches wait only for it.
+        batcher.arriving += 1
+        request.state.arriving = True
+        try:
+            return await call_next(request)
+        finally:
+            if request.state.arriving:
+                batcher.arriving -= 1
 
     def error(status: int, message: str):
         return JSONResponse({"detail": message}, status_code=status)
@@ -231,6 +242,8 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None):
                 413,
                 f"A query of {longest} characters exceeds the server limit max_query_chars={config.max_query_chars}.",
             )
+        batcher.arriving -= 1
+        request.state.arriving = False
         results = await batcher.search(body.queries, k) if body.queries else []
         if body.return_scores:
             payload = [[{"document": _document(p), "score": p.score} for p in hits] for hits in results]
