@@ -182,7 +182,7 @@ def plot_curves(results: dict, output_dir: str) -> list[str]:
         title="Training reward (exact match, smoothed)", xlabel="RL step", ylabel="reward", ylim=(-0.02, 1.02)
     )
     em_axis.set(title="Held-out exact match (greedy)", xlabel="RL step", ylabel="EM", ylim=(-0.02, 1.02))
-    em_axis.legend(fontsize=8, loc="center right")
+    em_axis.legend(fontsize=8, loc="upper left")
     for axis in (reward_axis, em_axis):
         axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -214,7 +214,7 @@ def _mean_curve(per_seed: dict, key: str) -> list[tuple[float, float]]:
     return [(step, sum(values) / len(values)) for step, values in sorted(by_step.items())]
 
 
-def _smooth(points, window: int = 5):
+def _smooth(points, window: int = 10):
     """A trailing moving average: per-step rewards of small batches are noisy."""
     out = []
     for index, (step, _) in enumerate(points):

@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help="RL seeds per run (mean and std reported); the warm start is shared"
     )
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help="comma-separated RL runs among rl_search, rl_no_retrieval, rl_no_mask (default: all; --quick: the first two)",
+    )
     parser.add_argument("--rl_steps", "--rl-steps", type=int, default=None, help="override the number of RL steps")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress display")
 
@@ -36,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, DemoPipeline
 
     overrides = {"output_dir": args.output_dir, "seed": args.seed, "seeds": args.seeds}
+    if args.runs:
+        overrides["runs"] = tuple(name.strip() for name in args.runs.split(","))
     if args.rl_steps is not None:
         overrides["rl_steps"] = args.rl_steps
     if args.no_progress:
