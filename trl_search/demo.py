@@ -456,6 +456,11 @@ class DemoPipeline:
                 for entry in history
                 if "search/searches_per_sample" in entry
             ],
+            "answer_retrieved": [
+                (entry["step"], entry["search/answer_in_retrieval_ratio"])
+                for entry in history
+                if "search/answer_in_retrieval_ratio" in entry
+            ],
             "heldout_em": em_curve.points,
         }
 
@@ -520,7 +525,7 @@ def _mean_over_seeds(finals: list[dict]) -> dict:
 
 
 def _curves(out: dict) -> dict:
-    return {key: out[key] for key in ("reward", "searches_per_sample", "heldout_em")}
+    return {key: out[key] for key in ("reward", "searches_per_sample", "answer_retrieved", "heldout_em")}
 
 
 def _jsonable(value):

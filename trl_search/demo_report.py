@@ -158,7 +158,8 @@ def results_markdown(results: dict, command: str | None = None) -> str:
 
 def plot_curves(results: dict, output_dir: str) -> list[str]:
     """Writes `training_curves.png` (training reward and held-out EM over RL steps, per run) and `searches.png`
-    (searches per sample over RL steps); curves are the mean over seeds. Returns the paths.
+    (searches per sample, and how often the gold answer was retrieved, over RL steps); curves are the mean over seeds.
+    Returns the paths.
     """
     import matplotlib
 
@@ -190,14 +191,20 @@ def plot_curves(results: dict, output_dir: str) -> list[str]:
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, (search_axis, found_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
-        searches = _mean_curve(results["curves"][run], "searches_per_sample")
-        axis.plot(*zip(*_smooth(searches)), color=RUN_COLORS[run], label=labels[run])
-    axis.set(title="Searches per sample during RL (smoothed)", xlabel="RL step", ylabel="searches / sample")
-    axis.set_ylim(bottom=-0.02)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+        for axis, key in ((search_axis, "searches_per_sample"), (found_axis, "answer_retrieved")):
+            points = _mean_curve(results["curves"][run], key)
+            if points:
+                axis.plot(*zip(*_smooth(points)), color=RUN_COLORS[run], label=labels[run])
+    search_axis.set(title="Searches per sample during RL (smoothed)", xlabel="RL step", ylabel="searches / sample")
+    found_axis.set(
+        title="Gold answer in the retrieved passages (smoothed)", xlabel="RL step", ylabel="share of samples"
+    )
+    for axis in (search_axis, found_axis):
+        axis.set_ylim(-0.02, 1.05)
+        axis.grid(alpha=0.3)
+    search_axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     paths.append(os.path.join(output_dir, "searches.png"))
     figure.savefig(paths[-1], dpi=110)
@@ -209,7 +216,7 @@ def _mean_curve(per_seed: dict, key: str) -> list[tuple[float, float]]:
     """Averages one curve over seeds, step by step (seeds log the same steps)."""
     by_step: dict[float, list[float]] = {}
     for curves in per_seed.values():
-        for point in curves[key]:
+        for point in curves.get(key, []):
             by_step.setdefault(point[0], []).append(point[1])
     return [(step, sum(values) / len(values)) for step, values in sorted(by_step.items())]
 
