@@ -33,7 +33,12 @@ class Display:
         self.enabled = enabled
         self.console = None
         if enabled:
-            from rich.console import Console
+            try:
+                from rich.console import Console
+            except ImportError as error:
+                raise ImportError(
+                    "The demo's progress display needs rich: pip install 'trl-search[demo]' (or pass --no_progress)."
+                ) from error
 
             self.console = Console()
 
@@ -161,7 +166,10 @@ def plot_curves(results: dict, output_dir: str) -> list[str]:
     (searches per sample, and how often the gold answer was retrieved, over RL steps); curves are the mean over seeds.
     Returns the paths.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("The demo's plots need matplotlib: pip install 'trl-search[demo]'.") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
