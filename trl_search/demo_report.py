@@ -199,19 +199,23 @@ def plot_curves(results: dict, output_dir: str) -> list[str]:
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
-    figure, (search_axis, found_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
-        for axis, key in ((search_axis, "searches_per_sample"), (found_axis, "answer_retrieved")):
-            points = _mean_curve(results["curves"][run], key)
-            if points:
-                axis.plot(*zip(*_smooth(points)), color=RUN_COLORS[run], label=labels[run])
-    search_axis.set(title="Searches per sample during RL (smoothed)", xlabel="RL step", ylabel="searches / sample")
-    found_axis.set(
-        title="Gold answer in the retrieved passages (smoothed)", xlabel="RL step", ylabel="share of samples"
-    )
-    for axis in (search_axis, found_axis):
+    keys = ["searches_per_sample"]
+    if any(_mean_curve(results["curves"][run], "answer_retrieved") for run in runs):  # absent from older results
+        keys.append("answer_retrieved")
+    titles = {
+        "searches_per_sample": ("Searches per sample during RL (smoothed)", "searches / sample"),
+        "answer_retrieved": ("Gold answer in the retrieved passages (smoothed)", "share of samples"),
+    }
+    figure, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        for run in runs:
+            axis.plot(
+                *zip(*_smooth(_mean_curve(results["curves"][run], key))), color=RUN_COLORS[run], label=labels[run]
+            )
+        axis.set(title=titles[key][0], xlabel="RL step", ylabel=titles[key][1])
         axis.set_ylim(-0.02, 1.05)
         axis.grid(alpha=0.3)
+    search_axis = axes[0][0]
     search_axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     paths.append(os.path.join(output_dir, "searches.png"))
