@@ -82,12 +82,13 @@ def main():
 
     # Direct, in-process: the same requests, one after another, and the best case of whole 512-query batches.
     retriever.search(queries[:8], k=3)
-    direct = {}
+    direct, direct_cpu = {}, {}
     for size in (args.request_size, 512):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(queries), size):
             retriever.search(queries[start : start + size], k=3)
         direct[size] = len(queries) / (time.perf_counter() - started)
+        direct_cpu[size] = len(queries) / (time.process_time() - cpu)
     del retriever
 
     with socket.socket() as sock:
@@ -105,8 +106,14 @@ def main():
                 break
             except requests.ConnectionError:
                 time.sleep(0.1)
+        import psutil
+
+        server_process = psutil.Process(server.pid)
         one = run_clients(url, queries[: len(queries) // 4], 1, args.request_size)
+        cpu_before = sum(server_process.cpu_times()[:2])
         many = run_clients(url, queries, args.clients, args.request_size)
+        # Server CPU per query: what the server costs when its clients run on other cores (a real node).
+        server_cpu_qps = len(queries) / (sum(server_process.cpu_times()[:2]) - cpu_before)
         health = requests.get(url.replace("/retrieve", "/health"), timeout=5).json()
     finally:
         server.kill()
@@ -125,6 +132,11 @@ def main():
         f"\nserver merged {health['requests']:,} requests into {health['batches']:,} batches ({merged:.0f} queries/batch)"
     )
     print(f"{args.clients} clients vs 1 client: {many / one:.2f}x; vs direct: {many / direct[args.request_size]:.2f}x")
+    cpu_ratio = server_cpu_qps / direct_cpu[args.request_size]
+    print(
+        f"queries per CPU-second: server process {server_cpu_qps:,.0f} vs direct {direct_cpu[args.request_size]:,.0f} "
+        f"({cpu_ratio:.2f}x): the server's capacity relative to in-process search when clients have their own cores"
+    )
     print(json.dumps({"direct": direct, "one_client": one, "clients": many}))
 
 
