@@ -104,7 +104,9 @@ def main():
         del index
         torch.cuda.empty_cache()
 
-    print("\n| vectors | ms / 512-query batch | queries/s | ms / 1-query batch | ms / 512 scaled to 21M | top-1 fp16 err |")
+    print(
+        "\n| vectors | ms / 512-query batch | queries/s | ms / 1-query batch | ms / 512 scaled to 21M | top-1 fp16 err |"
+    )
     print("|---|---|---|---|---|---|")
     for n, ms_512, ms_1, _, gap in rows:
         scaled = ms_512 * WIKI18 / n
