@@ -238,6 +238,9 @@ class DemoPipeline:
 
         _offline_environment()
         _quiet_logs()
+        unknown = set(config.runs) - set(RL_RUNS)
+        if unknown:
+            raise ValueError(f"Unknown RL runs {sorted(unknown)}; choose among {list(RL_RUNS)}.")
         if config.num_threads:
             import torch
 
