@@ -106,7 +106,10 @@ def main():
     hnsw = FaissIndex.create("hnsw", base.shape[1])
     for start in range(0, len(base), 10_000):
         hnsw.add(base[start : start + 10_000])
-        print(f"  hnsw: {start + 10_000:,} vectors added ({time.perf_counter() - started:.0f}s)", flush=True)
+        print(
+            f"  hnsw: {min(start + 10_000, len(base)):,} vectors added ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
     build_s = time.perf_counter() - started
 
     print(f"\n| index | efSearch | queries/s (batch {args.batch}, k=3) | recall@3 vs flat | speed vs flat |")
