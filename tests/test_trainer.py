@@ -193,3 +193,21 @@ def test_trainer_refuses_what_it_cannot_honour(tmp_path, tiny_model, tiny_tokeni
         )
     with pytest.raises(FileNotFoundError, match="trl-search index"):
         SearchGRPOTrainer(args=make_config(tmp_path), retriever=str(tmp_path), **common)
+
+
+def test_a_cached_retriever_reports_its_hit_rate_each_step(tmp_path, tiny_model, tiny_tokenizer):
+    from trl_search.retrievers import CachedRetriever
+
+    script_model_forward(tiny_model, tiny_tokenizer, SCRIPTS)
+    cached = CachedRetriever(BM25Retriever.build(CORPUS))
+    trainer = SearchGRPOTrainer(
+        model=tiny_model,
+        processing_class=tiny_tokenizer,
+        retriever=cached,
+        args=make_config(tmp_path, max_steps=3),
+        train_dataset=make_dataset(),
+    )
+    trainer.train()
+    rates = [entry["search/cache_hit_rate"] for entry in trainer.state.log_history if "search/cache_hit_rate" in entry]
+    assert len(rates) == 3 and all(0.0 <= rate <= 1.0 for rate in rates)
+    assert rates[0] == 0.0 and max(rates[1:]) > 0.0  # the scripted queries repeat from the second step on

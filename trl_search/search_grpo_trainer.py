@@ -289,3 +289,8 @@ class SearchGRPOTrainer(GRPOTrainer):
         metrics["search/retriever_calls"].append(per_rank[:, 1].max().item())
         if with_gold:
             metrics["search/answer_in_retrieval_ratio"].append(in_retrieval / with_gold)
+        # A CachedRetriever (directly, or inside a GatheredRetriever) reports its hit rate for this step.
+        cache = self.retriever if hasattr(self.retriever, "reset_stats") else None
+        if cache is not None:
+            metrics["search/cache_hit_rate"].append(cache.hit_rate)
+            cache.reset_stats()
