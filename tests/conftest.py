@@ -43,3 +43,14 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
     return build_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Runs a module's tests with one torch thread: on 2 shared cores, two spinning threads make small encodes slow."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

