@@ -17,7 +17,7 @@ import torch
 
 from .protocols import Action, get_protocol
 from .retrievers.base import Retriever
-from .rewards import normalize_answer
+from .rewards import contains_answer
 
 
 @dataclass
@@ -254,10 +254,11 @@ class SearchRollout:
         samples = [
             SampleTrajectory(prompt_ids=list(ids), logprobs=[] if with_logprobs else None) for ids in prompt_ids
         ]
-        golds = self._normalized_golds(golden_answers, len(samples))
-        for sample, sample_golds in zip(samples, golds):
-            if sample_golds is not None:
+        golds_of = self._golds_by_sample(samples, golden_answers)
+        for sample in samples:
+            if golds_of[id(sample)] is not None:
                 sample.answer_in_retrieval = False  # until a retrieved passage shows a gold answer
+        eos_ids = set(getattr(generator, "eos_token_ids", None) or [self.eos_token_id])
         output = RolloutOutput(samples=samples)
         for turn in range(self.max_turns + 1):
             can_search = turn < self.max_turns
@@ -283,12 +284,12 @@ class SearchRollout:
                     sample.logprobs = None
                 sample.extend(turn_output.token_ids, 1, turn_output.logprobs)
                 sample.num_turns += 1
-                ended_with_eos = bool(turn_output.token_ids) and turn_output.token_ids[-1] in self._eos_ids(generator)
+                ended_with_eos = bool(turn_output.token_ids) and turn_output.token_ids[-1] in eos_ids
                 text = self.tokenizer.decode(turn_output.token_ids, skip_special_tokens=True)
                 out_of_budget = not turn_output.stopped and limit == budget
                 action = self.protocol.parse_action(text, ended_with_eos=ended_with_eos, hit_token_limit=out_of_budget)
                 self._apply_action(sample, action, can_search, turn_output.stopped, pending_searches, pending_feedback)
-            self._answer_searches(pending_searches, golds, samples, output)
+            self._answer_searches(pending_searches, golds_of, output)
             for sample in pending_feedback:
                 self._inject_feedback(sample)
         for sample in samples:
@@ -297,9 +298,6 @@ class SearchRollout:
             if not sample.completion_ids:  # TRL needs a non-empty completion
                 sample.extend([self.eos_token_id], 0)
         return output
-
-    def _eos_ids(self, generator) -> set[int]:
-        return set(getattr(generator, "eos_token_ids", None) or [self.eos_token_id])
 
     def _room(self, sample: SampleTrajectory) -> int:
         return self.max_completion_length - len(sample.completion_ids)
@@ -331,7 +329,7 @@ class SearchRollout:
             else:
                 self._finish(sample, "invalid" if stopped else "truncated")
 
-    def _answer_searches(self, pending, golds, samples, output: RolloutOutput) -> None:
+    def _answer_searches(self, pending, golds_of, output: RolloutOutput) -> None:
         # A collective retriever (queries gathered across ranks) is called every turn, even with nothing to ask.
         collective = getattr(self.retriever, "is_collective", False)
         if not pending and not collective:
@@ -355,14 +353,13 @@ class SearchRollout:
         distinct_bodies = list(dict.fromkeys(bodies))  # paraphrased queries often retrieve the same passages
         ids_of = dict(zip(distinct_bodies, self.tokenizer(distinct_bodies, add_special_tokens=False)["input_ids"]))
         observation_of = {query: (body, ids_of[body]) for query, body in zip(unique_queries, bodies)}
-        index_of = {id(sample): index for index, sample in enumerate(samples)}
         for sample, query in pending:
             seen_text = self._inject(sample, *observation_of[query])
             if seen_text is not None:
                 sample.retrieved_texts.append(seen_text)
-                sample_golds = golds[index_of[id(sample)]]
+                sample_golds = golds_of[id(sample)]
                 if sample_golds is not None:
-                    found = any(f" {gold} " in f" {normalize_answer(seen_text)} " for gold in sample_golds if gold)
+                    found = contains_answer(seen_text, sample_golds)
                     sample.answer_in_retrieval = sample.answer_in_retrieval or found
 
     def _inject_feedback(self, sample: SampleTrajectory) -> None:
@@ -386,16 +383,9 @@ class SearchRollout:
         return body
 
     @staticmethod
-    def _normalized_golds(golden_answers, size) -> list[list[str] | None]:
+    def _golds_by_sample(samples, golden_answers) -> dict[int, Sequence[str] | None]:
         if golden_answers is None:
-            return [None] * size
-        if len(golden_answers) != size:
-            raise ValueError(f"golden_answers has {len(golden_answers)} entries for {size} prompts.")
-        normalized = []
-        for golds in golden_answers:
-            if golds is None:
-                normalized.append(None)
-            else:
-                golds = [golds] if isinstance(golds, str) else list(golds)
-                normalized.append([normalize_answer(str(gold)) for gold in golds])
-        return normalized
+            return {id(sample): None for sample in samples}
+        if len(golden_answers) != len(samples):
+            raise ValueError(f"golden_answers has {len(golden_answers)} entries for {len(samples)} prompts.")
+        return {id(sample): golds for sample, golds in zip(samples, golden_answers)}
