@@ -76,7 +76,7 @@ def test_mask_covers_exactly_the_injected_tokens(tiny_tokenizer, retriever):
     assert sample.answer_in_retrieval is True
     assert sample.logprobs is None
     text = tiny_tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
-    assert "<information>Doc 1(Title: Veldoria) Veldoria is a country whose capital is Quarnel.\n" in text
+    assert '<information>Doc 1(Title: "Veldoria") Veldoria is a country whose capital is Quarnel.' in text
     assert exact_match_reward([text], [["Quarnel"]]) == [1.0]
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .retrievers.base import Passage
+from .retrievers.base import Passage, split_contents
 
 
 SEARCH_TAGS = (
@@ -60,14 +60,14 @@ class TagsProtocol:
         >>> protocol.parse_action("<think>need the capital</think><search> capital of France </search>")
         Action(kind='search', content='capital of France')
         >>> protocol.render_observation([Passage("1", "Paris", "Paris is the capital of France.", 1.0)])
-        '\\n\\n<information>Doc 1(Title: Paris) Paris is the capital of France.\\n</information>\\n\\n'
+        '\\n\\n<information>Doc 1(Title: "Paris") Paris is the capital of France.</information>\\n\\n'
     """
 
     name = "tags"
     stop_strings = ("</search>", "</answer>")
     observation_open = "\n\n<information>"
     observation_close = "</information>\n\n"
-    no_results = "No passages were found for this query.\n"
+    no_results = "No passages were found for this query."
     # No tag pair in here: the feedback is part of the completion that rewards and validators read, and must never
     # look like an answer or a search of the policy's.
     invalid_feedback = (
@@ -95,11 +95,17 @@ class TagsProtocol:
         return Action("truncated" if hit_token_limit else "invalid")
 
     def render_passages(self, passages: list[Passage]) -> str:
-        """The observation body: one `Doc i(Title: ...) text` line per passage, with protocol tags neutralised."""
+        """The observation body, byte for byte as Search-R1 writes it: `Doc {i}(Title: {title}) {text}\\n` per
+        passage, with title and text split from the verbatim `contents` (a wiki-18 title keeps its quotes), the
+        whole stripped. Protocol tags inside passages are neutralised (the only change to the text).
+        """
         if not passages:
             return self.no_results
-        lines = [f"Doc {rank}(Title: {passage.title}) {passage.text}\n" for rank, passage in enumerate(passages, 1)]
-        return neutralize_tags("".join(lines))
+        lines = []
+        for rank, passage in enumerate(passages, 1):
+            title, text = split_contents(passage.contents)
+            lines.append(f"Doc {rank}(Title: {title}) {text}\n")
+        return neutralize_tags("".join(lines).strip())
 
     def render_observation(self, passages: list[Passage]) -> str:
         return self.observation_open + self.render_passages(passages) + self.observation_close

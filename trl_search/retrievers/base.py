@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from abc import ABC, abstractmethod
@@ -9,38 +10,86 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 
+def make_contents(title: str, text: str) -> str:
+    """The `contents` string of a `{"id", "title", "text"}` corpus row, in Search-R1's wiki-18 layout: the title in
+    double quotes on the first line, then the text. Built once, at index time; stored and served verbatim after that.
+
+    Example:
+        >>> make_contents("Paris", "Paris is the capital of France.")
+        '"Paris"\\nParis is the capital of France.'
+    """
+    return f'"{title}"\n{text}'
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """Splits `contents` the way Search-R1 reads it: the first line is the title (kept as stored, quotes included),
+    the remaining lines joined with newlines are the text.
+
+    Example:
+        >>> split_contents('"Paris"\\nParis is the capital\\nof France.')
+        ('"Paris"', 'Paris is the capital\\nof France.')
+    """
+    title, _, text = contents.partition("\n")
+    return title, text
+
+
+def _display_title(first_line: str) -> str:
+    title = first_line.strip()
+    return title[1:-1] if len(title) >= 2 and title[0] == title[-1] == '"' else title
+
+
 @dataclass(frozen=True)
 class Passage:
     """One retrieved passage.
 
+    `contents` is the corpus row's string exactly as stored (Search-R1's format: title on the first line). It is
+    what observations render, what dense indexes encode and what the server returns. `title` (without the quotes of
+    a wiki-18 title line) and `text` are derived from it for display and for lexical indexing; a passage made from
+    a title and a text alone gets `make_contents(title, text)`.
+
     Example:
-        >>> Passage(id="12", title="Paris", text="Paris is the capital of France.", score=3.2).title
-        'Paris'
+        >>> Passage(id="12", title="Paris", text="Paris is the capital of France.", score=3.2).contents
+        '"Paris"\\nParis is the capital of France.'
     """
 
     id: str
     title: str
     text: str
     score: float = 0.0
+    contents: str | None = None
+
+    def __post_init__(self):
+        if self.contents is None:
+            object.__setattr__(self, "contents", make_contents(self.title, self.text))
+
+    @classmethod
+    def from_contents(cls, id: str, contents: str, score: float = 0.0) -> Passage:
+        """A passage from a verbatim `contents` string (title and text derived as Search-R1 does).
+
+        Example:
+            >>> Passage.from_contents("1", '"Paris"\\nParis is in France.').title
+            'Paris'
+        """
+        first_line, text = split_contents(contents)
+        return cls(id=id, title=_display_title(first_line), text=text, score=score, contents=contents)
+
+    def with_score(self, score: float) -> Passage:
+        """The same passage carrying another score."""
+        return dataclasses.replace(self, score=float(score))
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @property
-    def contents(self) -> str:
-        """The passage in Search-R1's corpus format: the title on the first line, then the text."""
-        return f'"{self.title}"\n{self.text}'
 
 
 def passage_from_record(record: dict | Passage, score: float = 0.0) -> Passage:
     """Turns a corpus row into a `Passage`.
 
-    Accepts Search-R1's `{"id", "contents"}` rows (first line of `contents` is the title, optionally quoted) and
-    `{"id", "title", "text"}` rows.
+    Accepts Search-R1's `{"id", "contents"}` rows (kept verbatim; the first line of `contents` is the title) and
+    `{"id", "title", "text"}` rows (given `contents = make_contents(title, text)`).
 
     Example:
-        >>> passage_from_record({"id": 1, "contents": '"Paris"\\nParis is the capital of France.'})
-        Passage(id='1', title='Paris', text='Paris is the capital of France.', score=0.0)
+        >>> passage_from_record({"id": 1, "contents": '"Paris"\\nParis is the capital of France.'}).title
+        'Paris'
     """
     if isinstance(record, Passage):
         return record
@@ -49,11 +98,7 @@ def passage_from_record(record: dict | Passage, score: float = 0.0) -> Passage:
             f"A corpus row must be a dict with an 'id' and either 'contents' or 'title'+'text'; got {record!r:.200}"
         )
     if "contents" in record:
-        title, _, text = str(record["contents"]).partition("\n")
-        title = title.strip()
-        if len(title) >= 2 and title[0] == title[-1] == '"':
-            title = title[1:-1]
-        return Passage(id=str(record["id"]), title=title, text=text.strip(), score=score)
+        return Passage.from_contents(str(record["id"]), str(record["contents"]), score=score)
     if "text" in record:
         return Passage(id=str(record["id"]), title=str(record.get("title", "")), text=str(record["text"]), score=score)
     raise ValueError(f"Corpus row {record.get('id')!r} has neither 'contents' nor 'text'.")

@@ -61,7 +61,7 @@ class HybridRetriever(Retriever):
                     entry = fused.setdefault(passage.id, [0.0, passage])
                     entry[0] += weight / (self.rrf_k + rank)
             best = sorted(fused.values(), key=lambda entry: -entry[0])[:k]
-            results.append([Passage(p.id, p.title, p.text, score) for score, p in best])
+            results.append([p.with_score(score) for score, p in best])
         return results
 
     def describe(self) -> dict:

@@ -32,18 +32,14 @@ def passage_from_document(document: dict, score: float = 0.0) -> Passage:
     Search-R1's BM25 server omits `id`; it becomes `""`.
 
     Example:
-        >>> passage_from_document({"id": "7", "contents": '"Paris"\\nParis is in France.'}, 1.5)
-        Passage(id='7', title='Paris', text='Paris is in France.', score=1.5)
+        >>> passage_from_document({"id": "7", "contents": '"Paris"\\nParis is in France.'}, 1.5).contents
+        '"Paris"\\nParis is in France.'
     """
     if not isinstance(document, dict):
         raise RetrieverRequestError(f"Expected a document object in the /retrieve answer, got {document!r:.200}.")
     doc_id = str(document.get("id", ""))
     if "contents" in document:
-        title, _, text = str(document["contents"]).partition("\n")
-        title = title.strip()
-        if len(title) >= 2 and title[0] == title[-1] == '"':
-            title = title[1:-1]
-        return Passage(doc_id, title, text.strip(), float(score))
+        return Passage.from_contents(doc_id, str(document["contents"]), float(score))
     return Passage(doc_id, str(document.get("title", "")), str(document.get("text", "")), float(score))
 
 

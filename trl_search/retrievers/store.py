@@ -146,8 +146,7 @@ class PassageStore(Sequence):
 
     def get(self, index: int, score: float) -> Passage:
         """Row `index` as a `Passage` carrying `score`."""
-        passage = self[index]
-        return Passage(passage.id, passage.title, passage.text, float(score))
+        return self[index].with_score(score)
 
     def sha256(self) -> str:
         """SHA-256 of the rows, as `PassageStoreWriter.close` computed it (re-reads the whole file)."""
