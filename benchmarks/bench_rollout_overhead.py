@@ -18,9 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import GenerationConfig  # noqa: E402
 
+from trl_search.generation import GeneratedTurn, TransformersGenerator  # noqa: E402
 from trl_search.offline_models import build_model, build_tokenizer  # noqa: E402
 from trl_search.retrievers import Passage, Retriever  # noqa: E402
-from trl_search.rollout import GeneratedTurn, SearchRollout, TransformersGenerator  # noqa: E402
+from trl_search.rollout import SearchRollout  # noqa: E402
 
 
 WORDS = "capital river founder city country year mountain company people language".split()

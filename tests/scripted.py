@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from trl_search.rollout import GeneratedTurn
+from trl_search.generation import GeneratedTurn
 
 
 class ScriptedGenerator:

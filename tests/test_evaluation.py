@@ -6,8 +6,8 @@ import pytest
 from trl_search.cli import main
 from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_QUESTIONS_PATH, load_qa_dataset
 from trl_search.evaluation import evaluate, results_markdown, summarize
+from trl_search.generation import GeneratedTurn
 from trl_search.rewards import cover_exact_match_reward, exact_match_reward, f1_reward
-from trl_search.rollout import GeneratedTurn
 
 
 def read_outputs(directory):

@@ -2,7 +2,7 @@
 
 from transformers import GenerationConfig
 
-from trl_search.rollout import TransformersGenerator
+from trl_search.generation import TransformersGenerator
 
 from .scripted import script_model_forward
 

@@ -304,7 +304,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .rollout import SearchRollout, TransformersGenerator
+    from .generation import TransformersGenerator
+    from .rollout import SearchRollout
 
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")

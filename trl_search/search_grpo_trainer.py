@@ -12,10 +12,11 @@ from trl.models.utils import unwrap_model_for_generation
 
 from .data import tokenize_prompts
 from .gathered_retrieval import GatheredRetriever
+from .generation import TransformersGenerator
 from .hub import model_card_section, save_search_settings, search_settings
 from .retrievers.base import Retriever, load_retriever
 from .rewards import exact_match_reward
-from .rollout import RolloutOutput, SearchRollout, TransformersGenerator
+from .rollout import RolloutOutput, SearchRollout
 from .search_grpo_config import SearchGRPOConfig
 from .vllm_generation import make_vllm_generator
 
@@ -193,7 +194,7 @@ class SearchGRPOTrainer(GRPOTrainer):
                     unwrapped_model, self._tokenizer, self.generation_config, eos_token_ids=self.eos_token_ids
                 )
             self._generator.model = unwrapped_model
-            self._generator.join_when_empty = self._forward_is_collective()
+            self._generator.collective_forward = self._forward_is_collective()
             return self.search_rollout.run(
                 prompt_ids, self._generator, golden_answers, any_active=self._any_rank_active
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-from .rollout import GeneratedTurn
+from .generation import GeneratedTurn
 
 
 def sampling_settings(vllm_generation) -> dict:
