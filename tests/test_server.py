@@ -122,10 +122,13 @@ def test_concurrent_clients_are_merged_into_batches(bm25):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ({"queries": ["q"] * 9, "topk": 3}, 413, "max_queries=8"),
-        ({"queries": ["x" * 201], "topk": 3}, 413, "max_query_chars=200"),
-        ({"queries": ["q"], "topk": 6}, 422, "max_topk=5"),
-        ({"queries": ["q"], "topk": 0}, 422, "topk must be >= 1"),
+        ({"queries": ["q"] * 9, "topk": 3}, 422, "max_queries=8"),
+        ({"queries": ["x" * 201], "topk": 3}, 422, "max_query_chars=200"),
+        ({"query": "x" * 201}, 422, "max_query_chars=200"),
+        ({"queries": ["q"], "topk": -1}, 422, "'topk' must be >= 0"),
+        ({"queries": ["q"], "topk": True}, 422, "'topk' must be an integer"),
+        ({"queries": ["q"], "topk": 2.5}, 422, "'topk' must be an integer"),
+        ({"queries": ["q"], "query": "q"}, 422, "not both"),
         ({"queries": ["q" * 150] * 8, "topk": 3, "pad": "p" * 20_000}, 413, "max_body_bytes=20000"),
     ],
 )
@@ -136,24 +139,34 @@ def test_limits_answer_4xx_naming_the_limit(server, body, status, message):
 
 
 @pytest.mark.parametrize(
-    "data",
+    "data, status",
     [
-        b"{not json",
-        b"",
-        b"[1, 2]",
-        b'"just a string"',
-        b'{"topk": 3}',
-        b'{"queries": "not a list"}',
-        b'{"queries": [1, 2]}',
-        b'{"queries": [null]}',
-        b'{"queries": ["q"], "topk": "three"}',
-        b'{"queries": ["q"], "return_scores": "maybe"}',
-        b"\xff\xfe\x00garbage",
+        (b"{not json", 400),
+        (b"", 400),
+        (b"   ", 400),
+        (b'{"queries": ["q"], "topk": NaN}', 400),
+        (b'{"queries": ["q"], "topk": Infinity}', 400),
+        (b'{"queries": ["q"], "topk": -Infinity}', 400),
+        (b"\xff\xfe\x00garbage", 400),
+        (b"[1, 2]", 422),
+        (b'"just a string"', 422),
+        (b"null", 422),
+        (b'{"topk": 3}', 422),
+        (b'{"queries": "not a list"}', 422),
+        (b'{"queries": [1, 2]}', 422),
+        (b'{"queries": [null]}', 422),
+        (b'{"query": ["a list"]}', 422),
+        (b'{"queries": ["\\ud800"]}', 422),
+        (b'{"queries": ["q"], "topk": "three"}', 422),
+        (b'{"queries": ["q"], "return_scores": "maybe"}', 422),
+        (b'{"queries": ["q"], "return_scores": 1}', 422),
     ],
 )
-def test_malformed_bodies_get_422_never_500(server, data):
+def test_malformed_bodies_get_4xx_naming_the_problem_never_500(server, data, status):
     response = requests.post(server.url, data=data, headers={"Content-Type": "application/json"}, timeout=10)
-    assert response.status_code == 422, response.text
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert len(response.json()["detail"]) > 10
 
 
 def test_cached_server_reports_hit_rate(bm25):
@@ -194,12 +207,12 @@ def test_server_errors_are_retried_then_succeed(bm25):
 
     flaky = FlakyRetriever()
     with ServerThread(flaky) as server:
-        client = RemoteRetriever(server.url, max_retries=3, backoff=0.01)
+        client = RemoteRetriever(server.url, retries=3, backoff=0.01)
         assert client.search(["cave cheese"], 1)[0][0].id == "13"
         assert flaky.failures == 0
         flaky.failures = 5
         with pytest.raises(RetrieverUnavailableError, match=server.url.replace(".", r"\.")):
-            RemoteRetriever(server.url, max_retries=1, backoff=0.01).search(["cave cheese"], 1)
+            RemoteRetriever(server.url, retries=1, backoff=0.01).search(["cave cheese"], 1)
 
 
 def test_passage_from_search_r1_bm25_documents():
@@ -244,7 +257,7 @@ def test_server_killed_mid_run_then_restarted(bm25, tmp_path):
     port = _free_port()
     process = _start_server(tmp_path / "index", port)
     url = f"http://127.0.0.1:{port}/retrieve"
-    client = RemoteRetriever(url, max_retries=2, backoff=0.05, timeout=5)
+    client = RemoteRetriever(url, retries=2, backoff=0.05, timeout=5)
     failures, successes = [], []
     stop = threading.Event()
 
