@@ -9,7 +9,9 @@
 - `fake_vllm_module()`: a stand-in `vllm` module with `SamplingParams` taking vLLM's keyword arguments.
 
 Both engines continue a context with `ScriptedEngine`, which follows vLLM's semantics: stop at the first stop string
-(the token that completes it is kept), stop after EOS (kept), or at `max_tokens`; one logprob per token.
+(the token that completes it is kept), stop after EOS (kept), or at `max_tokens`; one logprob per token. With a `seed`,
+sample i of a request draws as vLLM seeds it (seed + i): the same context, seed and sample index always give the same
+completion, so separate `n=1` requests with one seed all give the same one.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class ScriptedEngine:
         self.next_trajectory = {marker: 0 for marker in scripts}
         self.reported: dict[tuple[int, ...], list[float]] = {}  # generated ids -> the logprobs reported for them
 
-    def _turn_text(self, context: list[int]) -> str:
+    def _turn_text(self, context: list[int], seed: int | None = None, sample_index: int = 0) -> str:
         text = self.tokenizer.decode(context, skip_special_tokens=True)
         marker = next(marker for marker in self.scripts if marker in text)
         completion = text[text.index(marker) :]
@@ -111,15 +113,24 @@ class ScriptedEngine:
         started = [t for t in trajectories if t and t[0].removesuffix("<EOS>") in completion]
         if started:
             trajectory = max(started, key=lambda t: len(t[0]))
+        elif seed is not None:  # seeded: the draw depends on the seed and the sample's index in its request only
+            trajectory = trajectories[(seed + sample_index) % len(trajectories)]
         else:
             trajectory = trajectories[self.next_trajectory[marker] % len(trajectories)]
             self.next_trajectory[marker] += 1
         turn = completion.count("</information>") if started else 0
         return trajectory[turn] if turn < len(trajectory) else "<EOS>"
 
-    def continue_context(self, context: list[int], max_tokens: int, stop: list[str] | None):
+    def continue_context(
+        self,
+        context: list[int],
+        max_tokens: int,
+        stop: list[str] | None,
+        seed: int | None = None,
+        sample_index: int = 0,
+    ):
         """Returns (token_ids, logprobs, text, finish_reason) as vLLM would."""
-        turn = self._turn_text(context)
+        turn = self._turn_text(context, seed, sample_index)
         eos = self.tokenizer.eos_token_id
         if turn.endswith("<EOS>"):
             body = turn[: -len("<EOS>")]
@@ -200,7 +211,7 @@ class FakeLLM:
             completions = []
             for index in range(params.n):
                 token_ids, logprobs, text, finish = self.engine.continue_context(
-                    context, params.max_tokens, params.stop
+                    context, params.max_tokens, params.stop, params.seed, index
                 )
                 if params.stop and not params.include_stop_str_in_output:
                     raise AssertionError("trl-search must keep the stop string in the output")
@@ -256,9 +267,9 @@ class FakeVLLMClient(VLLMClient):
         choices = []
         for prompt in body["prompt"]:
             assert isinstance(prompt, list), "trl-search sends token ids"
-            for _ in range(body.get("n", 1)):
+            for index in range(body.get("n", 1)):
                 token_ids, logprobs, text, finish = self.engine.continue_context(
-                    prompt, body["max_tokens"], body.get("stop")
+                    prompt, body["max_tokens"], body.get("stop"), body.get("seed"), index
                 )
                 choice = {
                     "index": len(choices),

@@ -11,8 +11,8 @@ def config(**overrides):
 
 def test_defaults_follow_the_paper():
     args = config()
-    assert (args.max_turns, args.top_k, args.max_obs_length, args.mask_retrieved_tokens) == (4, 3, 500, True)
-    assert args.search_protocol == "tags" and args.sampling_top_k == 0
+    assert (args.max_turns, args.retrieval_top_k, args.max_obs_length, args.mask_retrieved_tokens) == (4, 3, 500, True)
+    assert args.search_protocol == "tags" and args.top_k == 0  # TRL's sampling top-k keeps its meaning
     assert args.max_obs_length < args.max_completion_length
 
 
@@ -20,12 +20,11 @@ def test_defaults_follow_the_paper():
     ("overrides", "flag"),
     [
         ({"max_turns": -1}, "--max_turns"),
-        ({"top_k": 0}, "--top_k"),
+        ({"retrieval_top_k": 0}, "--retrieval_top_k"),
         ({"max_obs_length": 600, "max_completion_length": 512}, "--max_obs_length"),
         ({"max_obs_length": 4}, "--max_obs_length"),
         ({"search_protocol": "xml"}, "--search_protocol"),
         ({"max_tokens_per_turn": 0}, "max_tokens_per_turn"),
-        ({"sampling_top_k": -2}, "sampling_top_k"),
     ],
 )
 def test_bad_settings_name_the_fix(overrides, flag):

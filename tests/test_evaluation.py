@@ -65,7 +65,7 @@ def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
     assert_consistent(results, trajectories)
     assert results["prompt_template"] == DEFAULT_PROMPT_TEMPLATE
     assert results["conversational"] is True  # the tiny tokenizer has a chat template
-    assert results["rollout"]["max_turns"] == 1 and results["rollout"]["top_k"] == 3
+    assert results["rollout"]["max_turns"] == 1 and results["rollout"]["retrieval_top_k"] == 3
     assert results["retriever"]["class"] == "BM25Retriever"
     assert results["model"] == tiny_model_dir
     assert results["datasets"]["demo"]["split"] == "test"
@@ -308,12 +308,18 @@ def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_di
     model_dir = tmp_path / "trained"
     shutil.copytree(tiny_model_dir, model_dir)
     template = "Find it with search tags, answer with answer tags.\nQuestion: {question}\n"
-    saved = {"prompt_template": template, "prompt_format": "text", "max_turns": 2, "top_k": 1, "max_obs_length": 40}
+    saved = {
+        "prompt_template": template,
+        "prompt_format": "text",
+        "max_turns": 2,
+        "retrieval_top_k": 1,
+        "max_obs_length": 40,
+    }
     save_search_settings(str(model_dir), {**saved, "max_tokens_per_turn": 8, "max_completion_length": 96})
 
     results = evaluate(str(model_dir), "demo", "demo", limit=2, max_turns=1, progress=False)
 
     assert results["prompt_template"] == template and results["conversational"] is False
     assert results["rollout"]["max_turns"] == 1  # given explicitly: wins over the saved value
-    assert results["rollout"]["top_k"] == 1 and results["rollout"]["max_obs_length"] == 40
+    assert results["rollout"]["retrieval_top_k"] == 1 and results["rollout"]["max_obs_length"] == 40
     assert results["rollout"]["max_tokens_per_turn"] == 8 and results["rollout"]["max_completion_length"] == 96

@@ -29,7 +29,11 @@ def check_trained(runs, out):
         assert all(step["search/turns_per_sample"] >= 1 for step in run["steps"])
     assert {"config.json", "model.safetensors", "search_config.json", "tokenizer.json"} <= set(runs[0]["saved"])
     settings = json.loads((out / "search_config.json").read_text())
-    assert settings["max_turns"] == 2 and settings["top_k"] == 2 and settings["retriever"]["class"] == "BM25Retriever"
+    assert (
+        settings["max_turns"] == 2
+        and settings["retrieval_top_k"] == 2
+        and settings["retriever"]["class"] == "BM25Retriever"
+    )
     assert "{question}" in settings["prompt_template"]
 
 
@@ -73,7 +77,7 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     # the paper's settings (DESIGN.md section 1), 512 prompts per optimizer step on 8 GPUs
     assert model_args.model_name_or_path.startswith("Qwen/Qwen2.5-") and script_args.datasets == "nq,hotpotqa"
     assert (training_args.learning_rate, training_args.beta, training_args.temperature) == (1e-6, 0.001, 1.0)
-    assert (training_args.num_generations, training_args.max_turns, training_args.top_k) == (5, 4, 3)
+    assert (training_args.num_generations, training_args.max_turns, training_args.retrieval_top_k) == (5, 4, 3)
     assert training_args.max_tokens_per_turn == training_args.max_obs_length == 500
     completions = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * 8
     assert completions // training_args.num_generations == 512

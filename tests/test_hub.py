@@ -77,7 +77,7 @@ def test_push_to_hub_uploads_the_model_with_its_search_settings_and_card(
     assert settings["stop_strings"] == ["</search>", "</answer>"]
     assert settings["prompt_template"] == template
     assert settings["prompt_format"] == "text"
-    assert (settings["max_turns"], settings["top_k"], settings["max_obs_length"]) == (2, 2, 64)
+    assert (settings["max_turns"], settings["retrieval_top_k"], settings["max_obs_length"]) == (2, 2, 64)
     assert settings["retriever"]["class"] == "BM25Retriever" and settings["retriever"]["passages"] == len(CORPUS)
 
     with open(upload["contents"]["README.md"]) as handle:
@@ -118,5 +118,5 @@ def test_checkpoints_carry_the_search_settings_and_models_without_them_load_none
     checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-1")
     settings = load_search_settings(checkpoint)
     assert settings["prompt_template"] is None  # not given: the dataset's prompts were made elsewhere
-    assert settings["top_k"] == 2 and settings["mask_retrieved_tokens"] is True
+    assert settings["retrieval_top_k"] == 2 and settings["mask_retrieved_tokens"] is True
     assert load_search_settings(tiny_model_dir) is None

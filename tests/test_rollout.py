@@ -49,7 +49,9 @@ def encode(tokenizer, text):
 
 
 def make_rollout(retriever, tokenizer, **overrides):
-    settings = dict(max_turns=3, top_k=2, max_obs_length=120, max_tokens_per_turn=64, max_completion_length=512)
+    settings = dict(
+        max_turns=3, retrieval_top_k=2, max_obs_length=120, max_tokens_per_turn=64, max_completion_length=512
+    )
     settings.update(overrides)
     return SearchRollout(retriever, tokenizer, **settings)
 
@@ -222,7 +224,7 @@ def test_a_retriever_returning_the_wrong_number_of_lists_is_an_error(tiny_tokeni
 
     prompt = encode(tiny_tokenizer, "Question [s0]: x")
     generator = ScriptedGenerator(tiny_tokenizer, {tuple(prompt): ["<search> q </search>"]})
-    with pytest.raises(RuntimeError, match="one list per query"):
+    with pytest.raises(RuntimeError, match="one list of Passage objects per query"):
         make_rollout(Broken(), tiny_tokenizer).run([prompt], generator)
 
 

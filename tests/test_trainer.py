@@ -44,7 +44,7 @@ def make_config(tmp_path, **overrides):
         max_tokens_per_turn=32,
         max_obs_length=64,
         max_turns=2,
-        top_k=2,
+        retrieval_top_k=2,
         learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",
@@ -161,25 +161,26 @@ def test_quickstart_with_a_local_model_directory_and_corpus(tmp_path, tiny_model
     trainer = SearchGRPOTrainer(
         model=tiny_model_dir,
         retriever=retriever,
-        args=make_config(tmp_path, max_turns=4, top_k=3, max_completion_length=256),
+        args=make_config(tmp_path, max_turns=4, retrieval_top_k=3, max_completion_length=256),
         train_dataset=dataset,
     )
     trainer.train()
 
     assert trainer.state.global_step == 2
-    assert trainer.args.top_k == 3 and trainer.generation_config.top_k in (0, None)
+    assert trainer.args.retrieval_top_k == 3 and trainer.generation_config.top_k in (0, None)
     assert any("search/searches_per_sample" in entry for entry in trainer.state.log_history)
 
 
-def test_sampling_top_k_is_separate_from_retrieval_top_k(tmp_path, tiny_model, tiny_tokenizer):
+def test_top_k_keeps_its_trl_meaning_and_retrieval_depth_is_retrieval_top_k(tmp_path, tiny_model, tiny_tokenizer):
+    # A TRL YAML with `top_k: 50` must mean sampling top-k, never 50 passages per search.
     trainer = SearchGRPOTrainer(
         model=tiny_model,
         processing_class=tiny_tokenizer,
         retriever=BM25Retriever.build(CORPUS),
-        args=make_config(tmp_path, top_k=3, sampling_top_k=7),
+        args=make_config(tmp_path, retrieval_top_k=3, top_k=7),
         train_dataset=make_dataset(),
     )
-    assert trainer.args.top_k == 3 and trainer.search_rollout.top_k == 3
+    assert trainer.args.retrieval_top_k == 3 and trainer.search_rollout.retrieval_top_k == 3
     assert trainer.generation_config.top_k == 7 and trainer.top_k == 7
 
 

@@ -76,7 +76,7 @@ def test_rollout_keeps_sampling_logprobs_and_zero_on_injected_tokens(monkeypatch
     scripts = {"[s0]": [["<search> capital of Veldoria </search>", "<answer> Quarnel </answer>"]]}
     generator, backend, engine = make_generator(mode, tiny_tokenizer, scripts)
     retriever = BM25Retriever.build(CORPUS, backend="numpy")
-    rollout = SearchRollout(retriever, tiny_tokenizer, max_turns=2, top_k=1, max_completion_length=200)
+    rollout = SearchRollout(retriever, tiny_tokenizer, max_turns=2, retrieval_top_k=1, max_completion_length=200)
     output = rollout.run([encode(tiny_tokenizer, "Question: [s0]")], generator, [["Quarnel"]], with_logprobs=True)
 
     (sample,) = output.samples
@@ -85,7 +85,8 @@ def test_rollout_keeps_sampling_logprobs_and_zero_on_injected_tokens(monkeypatch
     reported = [lp for ids, lps in engine.reported.items() for lp in lps]
     sampled = [lp for lp, mask in zip(sample.logprobs, sample.env_mask) if mask == 1]
     assert sampled == reported  # every sampled token carries the engine's logprob, in order
-    assert all(lp == 0.0 for lp, mask in zip(sample.logprobs, sample.env_mask) if mask == 0)
+    # injected tokens were not sampled: NaN, which TRL reads as "no correction" (ratio 1), never a fake 0.0
+    assert all(math.isnan(lp) for lp, mask in zip(sample.logprobs, sample.env_mask) if mask == 0)
 
 
 class CapturingTrainer(SearchGRPOTrainer):
@@ -155,3 +156,67 @@ def test_sampling_settings_follow_trl_and_refuse_what_the_rollout_owns():
     engine.generation_kwargs = {"stop": ["\n"]}
     with pytest.raises(ValueError, match="stop"):
         sampling_settings(engine)
+
+
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_unmasked_observations_get_no_importance_correction(monkeypatch, tmp_path, tiny_model, tiny_tokenizer, mode):
+    """The paper's no-mask ablation under vLLM: injected tokens are trained but were never sampled, so they must not
+    enter TRL's importance-sampling ratio. With a fake sampling logprob of 0.0 the sequence ratio was
+    exp(sum(old_logp - 0)) ~ 0 over the passages, which zeroed the loss of every sample that searched."""
+    install_fake_vllm(monkeypatch, tiny_tokenizer, SCRIPTS, mode)
+    trainer = CapturingTrainer(
+        model=tiny_model,
+        args=make_config(
+            tmp_path,
+            use_vllm=True,
+            vllm_mode=mode,
+            vllm_importance_sampling_correction=True,
+            vllm_importance_sampling_mode="sequence_mask",
+            mask_retrieved_tokens=False,
+        ),
+        train_dataset=make_dataset(),
+        processing_class=tiny_tokenizer,
+        retriever=BM25Retriever.build(CORPUS, backend="numpy"),
+    )
+    trainer.train()
+
+    for batch in trainer.batches:
+        # passages are trained: at most the appended final EOS is masked in a row
+        masked = (batch["tool_mask"] == 0) & batch["completion_mask"].bool()
+        assert (masked.sum(dim=1) <= 1).all()
+        # the injected tokens carry NaN sampling logprobs, the sampled ones real values
+        assert torch.isnan(batch["sampling_per_token_logps"][batch["completion_mask"].bool()]).any()
+        assert batch["importance_sampling_ratio"].min().item() == pytest.approx(1.0, abs=1e-3)
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        assert entry["search/searches_per_sample"] > 0
+        assert entry["sampling/importance_sampling_ratio/min"] == pytest.approx(1.0, abs=1e-3)
+        assert entry["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_a_seed_in_generation_kwargs_still_gives_a_group_different_completions(monkeypatch, tiny_tokenizer, mode):
+    """Rows with the same context go to vLLM as one prompt with n samples (as TRL sends a group): sent as separate
+    n=1 requests, a `seed` in generation_kwargs gave every completion of a group the same sample."""
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
+    trajectories = [[f"<answer> {name} </answer>"] for name in ("Quarnel", "Ostavel", "Brantis", "Veldoria")]
+    engine = ScriptedEngine(tiny_tokenizer, {"[g]": trajectories})
+    if mode == "colocate":
+        backend = FakeLLM(engine)
+        generator = VLLMColocateGenerator(backend, {"temperature": 1.0, "logprobs": 0, "seed": 7}, [2])
+    else:
+        backend = FakeVLLMClient(engine)
+        sampling = {"temperature": 1.0, "top_k": 0, "logprobs": 0, "seed": 7}
+        generator = VLLMServerGenerator(backend, sampling, tiny_tokenizer, [2], SingleProcess())
+    prompt = encode(tiny_tokenizer, "Question: [g]")
+    other = encode(tiny_tokenizer, "Question: [g] again")
+    turns = generator.generate([prompt] * 4 + [other], [40, 40, 40, 40, 40], STOPS)
+
+    texts = [tiny_tokenizer.decode(turn.token_ids, skip_special_tokens=True) for turn in turns[:4]]
+    assert len(set(texts)) == 4  # four different samples for the four rows of the group
+    if mode == "colocate":
+        (params,) = backend.calls
+        assert [p.n for p in params] == [4, 1] and all(p.seed == 7 for p in params)
+    else:  # one request per (limit, group size): the group's prompt once with n=4, the other with n=1
+        assert sorted((body["n"], len(body["prompt"])) for body in backend.requests) == [(1, 1), (4, 1)]

@@ -26,7 +26,6 @@ from .data import (
     make_search_prompt,
     tokenize_prompts,
 )
-from .protocols import extract_answer, get_protocol
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
 
 
@@ -36,7 +35,7 @@ BASELINES = (None, "direct", "rag")
 # The paper's rollout limits, used for what neither the caller nor the model's saved search settings give.
 PAPER_ROLLOUT = {
     "max_turns": 4,
-    "top_k": 3,
+    "retrieval_top_k": 3,
     "max_obs_length": 500,
     "max_tokens_per_turn": 500,
     "max_completion_length": 2048,
@@ -224,11 +223,12 @@ def _score(sample, text: str, golds: list[str], rag_retrieved: bool | None, base
     else:  # searching mode: a question never searched has not retrieved its answer
         retrieved = bool(sample.answer_in_retrieval)
     format_error = validate_sequence(text)
+    answer = [sample.predicted_answer]  # exactly what the rollout executed, as in training
     return {
-        "answer": extract_answer(text),
-        "em": exact_match_reward([text], [golds])[0],
-        "f1": f1_reward([text], [golds])[0],
-        "cover_em": cover_exact_match_reward([text], [golds])[0],
+        "answer": sample.predicted_answer,
+        "em": exact_match_reward([text], [golds], predicted_answer=answer)[0],
+        "f1": f1_reward([text], [golds], predicted_answer=answer)[0],
+        "cover_em": cover_exact_match_reward([text], [golds], predicted_answer=answer)[0],
         "format_valid": format_error is None,
         "format_error": format_error,
         "num_searches": sample.num_searches,
@@ -256,7 +256,7 @@ def evaluate(
     output_dir: str | None = None,
     batch_size: int = 32,
     max_turns: int | None = None,
-    top_k: int | None = None,
+    retrieval_top_k: int | None = None,
     max_obs_length: int | None = None,
     max_tokens_per_turn: int | None = None,
     max_completion_length: int | None = None,
@@ -279,11 +279,11 @@ def evaluate(
             Not needed for `baseline="direct"`.
         datasets: registry names (see `trl_search.data.QA_DATASETS`), as a list or a comma-separated string.
         baseline: None (search, up to `max_turns` searches), `"direct"` (answer without retrieval) or `"rag"`
-            (retrieve `top_k` passages for the question once, put them in the prompt, answer).
+            (retrieve `retrieval_top_k` passages for the question once, put them in the prompt, answer).
         data_dir: local copy of the datasets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
         split, limit: which split (default test, else dev) and how many questions per dataset.
         output_dir: where to write `results.json`, `results.md` and `trajectories.jsonl` (nothing written if None).
-        max_turns, top_k, max_obs_length, max_tokens_per_turn, max_completion_length: rollout limits. Left as None,
+        max_turns, retrieval_top_k, max_obs_length, max_tokens_per_turn, max_completion_length: rollout limits. Left as None,
             they come from the `search_config.json` saved with a trl-search model (so a checkpoint is evaluated as
             it was trained), else the paper's values (`PAPER_ROLLOUT`). The saved prompt template, prompt format and
             chat-template arguments are used the same way.
@@ -322,7 +322,7 @@ def evaluate(
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
     # What is not given explicitly comes from the settings saved with the model, else the paper's values.
     saved = _saved_search_settings(model_name) if model_name is not None else None
-    limits = {"max_turns": max_turns, "top_k": top_k, "max_obs_length": max_obs_length}
+    limits = {"max_turns": max_turns, "retrieval_top_k": retrieval_top_k, "max_obs_length": max_obs_length}
     limits.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
     limits = {
         key: value if value is not None else (saved or {}).get(key, PAPER_ROLLOUT[key])
@@ -351,7 +351,9 @@ def evaluate(
         generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
     if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
         conversational = getattr(tokenizer, "chat_template", None) is not None
-    settings = {"protocol": "tags", **limits, "mask_retrieved_tokens": True}
+    # Observations are rendered as the model saw them in training (search_config.json), else as Search-R1 does.
+    observation_format = (saved or {}).get("observation_format", "search_r1")
+    settings = {"protocol": "tags", "observation_format": observation_format, **limits, "mask_retrieved_tokens": True}
     if baseline is not None:
         settings["max_turns"] = 0  # the baselines answer in one turn
     rollout = SearchRollout(retriever, tokenizer, **settings)
@@ -392,7 +394,7 @@ def evaluate(
                     tokenizer,
                     retriever,
                     baseline,
-                    limits["top_k"],
+                    limits["retrieval_top_k"],
                     prompt_template,
                     conversational,
                     chat_template_kwargs,
@@ -420,14 +422,24 @@ def evaluate(
 
 
 def _evaluate_batch(
-    batch, name, rollout, generator, tokenizer, retriever, baseline, top_k, template, conversational, chat_kwargs
+    batch,
+    name,
+    rollout,
+    generator,
+    tokenizer,
+    retriever,
+    baseline,
+    retrieval_top_k,
+    template,
+    conversational,
+    chat_kwargs,
 ) -> tuple[list[dict], float]:
     """Rolls out one batch of questions and scores it; returns the trajectory records and the retrieval time."""
     questions, golds = batch["question"], batch["golden_answers"]
     passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
     if baseline == "rag":  # one retrieval for the question itself, shown in the prompt
-        protocol = get_protocol("tags")
-        hits = retriever.search(list(questions), k=top_k)
+        protocol = rollout.protocol
+        hits = retriever.search(list(questions), k=retrieval_top_k)
         passages = [protocol.render_passages(found) for found in hits]
         rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
     prompts = [

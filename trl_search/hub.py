@@ -11,7 +11,8 @@ import os
 
 
 SEARCH_SETTINGS_NAME = "search_config.json"
-SETTINGS_VERSION = 1
+# 2: `top_k` became `retrieval_top_k`, and `observation_format` was added (version 1 files rendered "legacy").
+SETTINGS_VERSION = 2
 
 
 def search_settings(args, retriever=None, prompt_format: str | None = None) -> dict:
@@ -25,7 +26,7 @@ def search_settings(args, retriever=None, prompt_format: str | None = None) -> d
     Example:
         >>> from trl_search import SearchGRPOConfig
         >>> settings = search_settings(SearchGRPOConfig(output_dir="out", bf16=False, report_to="none"))
-        >>> settings["protocol"], settings["max_turns"], settings["top_k"]
+        >>> settings["protocol"], settings["max_turns"], settings["retrieval_top_k"]
         ('tags', 4, 3)
     """
     from . import __version__
@@ -37,11 +38,12 @@ def search_settings(args, retriever=None, prompt_format: str | None = None) -> d
         "trl_search_version": __version__,
         "protocol": args.search_protocol,
         "stop_strings": list(protocol.stop_strings),
+        "observation_format": protocol.observation_format,
         "prompt_template": args.prompt_template,
         "prompt_format": prompt_format,
         "chat_template_kwargs": dict(args.chat_template_kwargs or {}),
         "max_turns": args.max_turns,
-        "top_k": args.top_k,
+        "retrieval_top_k": args.retrieval_top_k,
         "max_obs_length": args.max_obs_length,
         "max_tokens_per_turn": args.max_tokens_per_turn,
         "max_completion_length": args.max_completion_length,
@@ -74,7 +76,7 @@ def load_search_settings(model: str | os.PathLike, revision: str | None = None) 
 
     Example:
         >>> settings = load_search_settings("outputs/qwen2.5-3b-search")  # doctest: +SKIP
-        >>> settings["prompt_template"], settings["max_turns"], settings["top_k"]  # doctest: +SKIP
+        >>> settings["prompt_template"], settings["max_turns"], settings["retrieval_top_k"]  # doctest: +SKIP
         ('Answer the question ...', 4, 3)
     """
     model = os.fspath(model)
@@ -96,6 +98,25 @@ def load_search_settings(model: str | os.PathLike, revision: str | None = None) 
         raise ValueError(
             f"{path} was written by a newer trl-search (settings_version {settings['settings_version']}); upgrade it."
         )
+    return upgrade_search_settings(settings)
+
+
+def upgrade_search_settings(settings: dict) -> dict:
+    """Brings settings saved by an older trl-search to the current names, so that a checkpoint is evaluated exactly
+    as it was trained.
+
+    Example:
+        >>> upgrade_search_settings({"settings_version": 1, "top_k": 2})["retrieval_top_k"]
+        2
+        >>> upgrade_search_settings({"settings_version": 1, "top_k": 2})["observation_format"]
+        'legacy'
+    """
+    settings = dict(settings)
+    if settings.get("settings_version", 1) < 2:
+        if "top_k" in settings:
+            settings["retrieval_top_k"] = settings.pop("top_k")
+        settings.setdefault("observation_format", "legacy")  # rendered before observations matched Search-R1's
+        settings["settings_version"] = SETTINGS_VERSION
     return settings
 
 
@@ -111,7 +132,7 @@ def model_card_section(settings: dict, model_id: str) -> str:
         ("Protocol", f"`{settings['protocol']}`: `<search> query </search>`, `<information> ... </information>`, "
          "`<answer> ... </answer>`"),
         ("Searches per question (max)", settings["max_turns"]),
-        ("Passages per search", settings["top_k"]),
+        ("Passages per search", settings["retrieval_top_k"]),
         ("Observation length (tokens, max)", settings["max_obs_length"]),
         ("Tokens per turn (max)", settings["max_tokens_per_turn"]),
         ("Completion length (tokens, max)", settings["max_completion_length"]),
@@ -148,7 +169,7 @@ from trl_search.data import make_search_prompt
 settings = load_search_settings("{model_id}")
 prompt = make_search_prompt("Who founded Brantis?", template=settings["prompt_template"],
                             conversational=settings["prompt_format"] == "conversational")
-# generate turn by turn, stopping at {settings["stop_strings"]}; after `</search>`, append the top-{settings["top_k"]}
+# generate turn by turn, stopping at {settings["stop_strings"]}; after `</search>`, append the top-{settings["retrieval_top_k"]}
 # passages as `<information>Doc 1(Title: ...) ...</information>` and continue (trl_search.rollout.SearchRollout does it).
 ```
 """

@@ -15,7 +15,6 @@ SEARCH_TAGS = (
 
 # A protocol tag written anywhere, in any case, with stray spaces: what `neutralize_tags` defuses in retrieved text.
 _ANY_TAG = re.compile(r"<\s*(/?)\s*(think|search|information|answer)\s*>", re.IGNORECASE)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,29 @@ def neutralize_tags(text: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """Returns the content of the last `<answer>...</answer>` block in `text`, stripped, or None if there is none.
+    """The answer a completion's text gives: the content between the last `<answer>` and the last `</answer>`,
+    stripped, or None if there is none.
+
+    This reads text alone. It matches the answer the rollout executed (the `<answer>` of the turn that ended the
+    sample), except that a span running into injected text (an `<information>` observation or the invalid-action
+    feedback), which the rollout never executes, is no answer. Rewards prefer the rollout's own record when they get it
+    (the `predicted_answer` column the trainer passes them).
 
     Example:
         >>> extract_answer("<think>hm</think><answer> Paris </answer>")
         'Paris'
+        >>> extract_answer("<think><answer> Pa</think><search> q </search>\\n\\n<information>...</information>\\n\\n"
+        ...                "<answer> Lyon </answer>")
+        'Lyon'
     """
-    matches = _ANSWER.findall(text)
-    return matches[-1].strip() if matches else None
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end != -1 else -1
+    if start == -1:
+        return None
+    span = text[start + len("<answer>") : end]
+    if "<information>" in span or "</information>" in span or TagsProtocol.invalid_feedback.strip() in span:
+        return None
+    return span.strip()
 
 
 class TagsProtocol:
@@ -65,6 +79,18 @@ class TagsProtocol:
 
     name = "tags"
     stop_strings = ("</search>", "</answer>")
+    # "search_r1": byte for byte as Search-R1 renders observations (the default). "legacy": trl-search 0.1's
+    # rendering (title without its quotes, a newline before `</information>`), kept so that models trained with it
+    # are evaluated as they were trained (their search_config.json predates `observation_format`).
+    OBSERVATION_FORMATS = ("search_r1", "legacy")
+
+    def __init__(self, observation_format: str = "search_r1"):
+        if observation_format not in self.OBSERVATION_FORMATS:
+            raise ValueError(
+                f"Unknown observation_format {observation_format!r}; choose one of {list(self.OBSERVATION_FORMATS)}."
+            )
+        self.observation_format = observation_format
+
     observation_open = "\n\n<information>"
     observation_close = "</information>\n\n"
     no_results = "No passages were found for this query."
@@ -101,6 +127,8 @@ class TagsProtocol:
         """
         if not passages:
             return self.no_results
+        if self.observation_format == "legacy":
+            return neutralize_tags("".join(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate(passages, 1)))
         lines = []
         for rank, passage in enumerate(passages, 1):
             title, text = split_contents(passage.contents)
@@ -114,7 +142,13 @@ class TagsProtocol:
 PROTOCOLS = {"tags": TagsProtocol}
 
 
-def get_protocol(name: str) -> TagsProtocol:
+def get_protocol(name: str, **options) -> TagsProtocol:
+    """The protocol called `name`, built with `options` (e.g. `observation_format="legacy"` for tags).
+
+    Example:
+        >>> get_protocol("tags").observation_format
+        'search_r1'
+    """
     if name not in PROTOCOLS:
         raise ValueError(f"Unknown search_protocol {name!r}; choose one of {sorted(PROTOCOLS)}.")
-    return PROTOCOLS[name]()
+    return PROTOCOLS[name](**options)

@@ -5,8 +5,11 @@ Each takes `completions` (plain strings, or TRL's conversational form: a list of
 They are plain module-level functions (or, for `get_format_reward`, instances of a module-level class), so they
 pickle for multi-process data loading.
 
-The answer is always the last `<answer>` block of the completion alone (never of the prompt). Retrieved passages reach
-the completion with their tags neutralised (`&lt;answer&gt;`), so text copied from a passage never counts as an answer.
+The answer scored is the one the rollout executed: `SearchGRPOTrainer` passes it to every reward function as the
+`predicted_answer` column (None for a sample that never answered), and the rewards here score exactly that. Called on
+text alone (no such column), they read it with `trl_search.protocols.extract_answer`: the last `<answer>` block of the
+completion (never of the prompt), and never a span that runs into injected text. Retrieved passages reach the
+completion with their tags neutralised (`&lt;answer&gt;`), so text copied from a passage never counts as an answer.
 """
 
 from __future__ import annotations
@@ -58,6 +61,23 @@ def _as_answer_list(golden) -> list[str]:
     return [str(answer) for answer in golden]
 
 
+def predicted_answers(completions, predicted_answer=None) -> list[str | None]:
+    """The answer of each completion: the rollout's own record when given (`predicted_answer`, one entry per
+    completion), else read from the text with `extract_answer`.
+
+    Example:
+        >>> predicted_answers(["<answer>Paris</answer>", "no answer"])
+        ['Paris', None]
+        >>> predicted_answers(["<answer>Paris</answer>"], predicted_answer=["Lyon"])
+        ['Lyon']
+    """
+    if predicted_answer is None:
+        return [extract_answer(completion_text(completion)) for completion in completions]
+    if len(predicted_answer) != len(completions):
+        raise ValueError(f"predicted_answer has {len(predicted_answer)} entries for {len(completions)} completions.")
+    return list(predicted_answer)
+
+
 def _f1(prediction: str, gold: str) -> float:
     prediction_tokens = normalize_answer(prediction).split()
     gold_tokens = normalize_answer(gold).split()
@@ -71,7 +91,7 @@ def _f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def exact_match_reward(completions, golden_answers, **kwargs) -> list[float]:
+def exact_match_reward(completions, golden_answers, predicted_answer=None, **kwargs) -> list[float]:
     """1.0 when the last `<answer>` of the completion equals any gold answer after `normalize_answer`, else 0.0.
 
     Example:
@@ -81,14 +101,13 @@ def exact_match_reward(completions, golden_answers, **kwargs) -> list[float]:
         [0.0]
     """
     rewards = []
-    for completion, golden in zip(completions, golden_answers, strict=True):
-        answer = extract_answer(completion_text(completion))
+    for answer, golden in zip(predicted_answers(completions, predicted_answer), golden_answers, strict=True):
         golds = {normalize_answer(gold) for gold in _as_answer_list(golden)}
         rewards.append(float(answer is not None and normalize_answer(answer) in golds))
     return rewards
 
 
-def f1_reward(completions, golden_answers, **kwargs) -> list[float]:
+def f1_reward(completions, golden_answers, predicted_answer=None, **kwargs) -> list[float]:
     """Token-level F1 between the last `<answer>` and the best-matching gold answer (0.0 without an answer).
 
     Example:
@@ -96,8 +115,7 @@ def f1_reward(completions, golden_answers, **kwargs) -> list[float]:
         [0.6666666666666666]
     """
     rewards = []
-    for completion, golden in zip(completions, golden_answers, strict=True):
-        answer = extract_answer(completion_text(completion))
+    for answer, golden in zip(predicted_answers(completions, predicted_answer), golden_answers, strict=True):
         golds = _as_answer_list(golden)
         rewards.append(max((_f1(answer, gold) for gold in golds), default=0.0) if answer is not None else 0.0)
     return rewards
@@ -109,7 +127,7 @@ def _contains(text: str, gold: str) -> bool:
     return bool(normalized_gold) and f" {normalized_gold} " in f" {normalize_answer(text)} "
 
 
-def cover_exact_match_reward(completions, golden_answers, **kwargs) -> list[float]:
+def cover_exact_match_reward(completions, golden_answers, predicted_answer=None, **kwargs) -> list[float]:
     """1.0 when a gold answer, normalised, appears inside the normalised last `<answer>` (on word boundaries), else 0.0.
 
     Also called "cover EM" or "sub-EM": it forgives answers that wrap the right entity in extra words. Containment is
@@ -122,8 +140,7 @@ def cover_exact_match_reward(completions, golden_answers, **kwargs) -> list[floa
         [0.0]
     """
     rewards = []
-    for completion, golden in zip(completions, golden_answers, strict=True):
-        answer = extract_answer(completion_text(completion))
+    for answer, golden in zip(predicted_answers(completions, predicted_answer), golden_answers, strict=True):
         found = answer is not None and any(_contains(answer, gold) for gold in _as_answer_list(golden))
         rewards.append(float(found))
     return rewards
@@ -274,14 +291,23 @@ class FormatReward:
             f"lambda_retrieval={self.lambda_retrieval})"
         )
 
-    def __call__(self, completions, golden_answers, answer_in_retrieval=None, retrieved_texts=None, **kwargs):
+    def __call__(
+        self,
+        completions,
+        golden_answers,
+        answer_in_retrieval=None,
+        retrieved_texts=None,
+        predicted_answer=None,
+        **kwargs,
+    ):
         count = len(completions)
         in_retrieval = answer_in_retrieval if answer_in_retrieval is not None else [None] * count
         texts = retrieved_texts if retrieved_texts is not None else [None] * count
-        exact = exact_match_reward(completions, golden_answers)
+        answers = predicted_answers(completions, predicted_answer)
+        exact = exact_match_reward(completions, golden_answers, predicted_answer=answers)
         rewards = []
-        for completion, golden, correct, found, retrieved in zip(
-            completions, golden_answers, exact, in_retrieval, texts, strict=True
+        for completion, golden, answer, correct, found, retrieved in zip(
+            completions, golden_answers, answers, exact, in_retrieval, texts, strict=True
         ):
             text = completion_text(completion)
             well_formed = is_valid_sequence(text, require_think=self.require_think)
@@ -292,7 +318,7 @@ class FormatReward:
                 if self.lambda_retrieval and _retrieval_has_answer(text, golden, found, retrieved):
                     reward += self.lambda_retrieval
             else:
-                reward = self.lambda_final if extract_answer(text) is not None else 0.0
+                reward = self.lambda_final if answer is not None else 0.0
             rewards.append(reward)
         return rewards
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .generation import TurnGenerator
 from .protocols import Action, get_protocol
-from .retrievers.base import Retriever
+from .retrievers.base import Passage, Retriever
 from .rewards import contains_answer
 
 
@@ -31,6 +31,9 @@ class SampleTrajectory:
     num_invalid: int = 0
     num_turns: int = 0
     answered: bool = False
+    # The answer the rollout executed: the content of the `<answer>` that ended the sample (None if it never answered).
+    # Rewards and evaluation score exactly this, never a span that runs into injected text.
+    predicted_answer: str | None = None
     answer_in_retrieval: bool | None = None
     # answer | eos | search_limit | invalid | truncated; "" while active
     stop_reason: str = ""
@@ -40,10 +43,17 @@ class SampleTrajectory:
         return bool(self.stop_reason)
 
     def extend(self, token_ids: list[int], mask_value: int, logprobs: list[float] | None = None) -> None:
+        """Appends tokens. Sampled tokens come with their sampling logprobs; injected ones get NaN, which TRL reads as
+        "no sampling logprob" (importance ratio 1, no off-policy evidence) rather than a fake certainty of 0.0."""
+        if logprobs is not None and len(logprobs) != len(token_ids):
+            raise RuntimeError(
+                f"The generation backend returned {len(logprobs)} logprobs for {len(token_ids)} tokens in one turn; "
+                "they must match one to one (a shifted logprob would correct the wrong token)."
+            )
         self.completion_ids.extend(token_ids)
         self.env_mask.extend([mask_value] * len(token_ids))
         if self.logprobs is not None:
-            self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(token_ids))
+            self.logprobs.extend(logprobs if logprobs is not None else [float("nan")] * len(token_ids))
 
 
 @dataclass
@@ -62,8 +72,10 @@ class SearchRollout:
         retriever: any `Retriever`; it receives one `search` call per turn with the turn's unique queries.
         tokenizer: the policy's tokenizer (to read actions and tokenise observations).
         protocol: name of the search protocol (`"tags"`).
+        observation_format: how observations are rendered (`"search_r1"`, or `"legacy"` for models trained with
+            trl-search 0.1; see `TagsProtocol`).
         max_turns: maximum searches per sample; one more turn follows in which a search ends the sample.
-        top_k: passages per search.
+        retrieval_top_k: passages per search.
         max_obs_length: maximum tokens per observation, its tags included.
         max_tokens_per_turn: maximum tokens generated per turn.
         max_completion_length: maximum tokens of the whole completion, sampled and injected together.
@@ -83,8 +95,9 @@ class SearchRollout:
         retriever: Retriever,
         tokenizer,
         protocol: str = "tags",
+        observation_format: str = "search_r1",
         max_turns: int = 4,
-        top_k: int = 3,
+        retrieval_top_k: int = 3,
         max_obs_length: int = 500,
         max_tokens_per_turn: int = 500,
         max_completion_length: int = 2048,
@@ -95,9 +108,9 @@ class SearchRollout:
             raise ValueError("A retriever is required when max_turns > 0 (set max_turns=0 for no search).")
         self.retriever = retriever
         self.tokenizer = tokenizer
-        self.protocol = get_protocol(protocol)
+        self.protocol = get_protocol(protocol, observation_format=observation_format)
         self.max_turns = max_turns
-        self.top_k = top_k
+        self.retrieval_top_k = retrieval_top_k
         self.max_obs_length = max_obs_length
         self.max_tokens_per_turn = max_tokens_per_turn
         self.max_completion_length = max_completion_length
@@ -105,6 +118,11 @@ class SearchRollout:
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if self.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token: pass eos_token_id to SearchRollout.")
+        if max_completion_length < 2:
+            raise ValueError(
+                f"max_completion_length={max_completion_length} leaves no room for one generated token and the final "
+                "EOS; set it to at least 2."
+            )
         self._open_ids = self._encode(self.protocol.observation_open)
         self._close_ids = self._encode(self.protocol.observation_close)
         self._feedback_ids = self._encode(self.protocol.invalid_feedback)
@@ -177,14 +195,16 @@ class SearchRollout:
         return self.max_completion_length - len(sample.completion_ids)
 
     def _finish(self, sample: SampleTrajectory, reason: str) -> None:
-        """Ends a sample that stopped on a tag: TRL counts a completion without a final EOS as truncated."""
+        """Ends a sample. TRL counts a completion as terminated exactly when it ends with EOS, so a sample that
+        stopped on a tag gets one (injected, never trained) and a truncated one never does."""
         sample.stop_reason = reason
-        if sample.completion_ids[-1:] != [self.eos_token_id]:
-            sample.extend([self.eos_token_id], 0)  # injected, never trained: the policy stopped at the tag
+        if reason != "truncated" and sample.completion_ids[-1:] != [self.eos_token_id]:
+            sample.extend([self.eos_token_id], 0)
 
     def _apply_action(self, sample, action: Action, can_search, stopped, pending_searches, pending_feedback) -> None:
         if action.kind == "answer":
             sample.answered = True
+            sample.predicted_answer = action.content
             self._finish(sample, "answer")
         elif action.kind == "eos":
             sample.stop_reason = "eos"  # the policy's own EOS ends the completion already
@@ -210,22 +230,21 @@ class SearchRollout:
             return
         unique_queries = list(dict.fromkeys(query for _, query in pending))  # GRPO groups repeat queries
         start = time.perf_counter()
-        results = self.retriever.search(unique_queries, k=self.top_k)
+        results = self.retriever.search(unique_queries, k=self.retrieval_top_k)
         output.retriever_seconds += time.perf_counter() - start
         if not pending:
             return
         output.retriever_calls += 1
         output.queries_sent += len(unique_queries)
-        if len(results) != len(unique_queries):
-            raise RuntimeError(
-                f"{type(self.retriever).__name__}.search returned {len(results)} result lists for "
-                f"{len(unique_queries)} queries; a retriever must return exactly one list per query."
-            )
+        _check_results(self.retriever, results, len(unique_queries))
         # Render and tokenise each distinct result once, in one batched call: per-sample tokenizer calls dominated
         # the rollout's own cost (benchmarks/bench_rollout_overhead.py).
-        bodies = [self.protocol.render_passages(list(passages)[: self.top_k]) for passages in results]
+        bodies = [self.protocol.render_passages(list(passages)[: self.retrieval_top_k]) for passages in results]
         distinct_bodies = list(dict.fromkeys(bodies))  # paraphrased queries often retrieve the same passages
-        ids_of = dict(zip(distinct_bodies, self.tokenizer(distinct_bodies, add_special_tokens=False)["input_ids"]))
+        # split_special_tokens: `<|im_end|>` or `<|endoftext|>` written in a web page stays ordinary text, never a forged
+        # turn boundary or EOS inside the observation.
+        encoded = self.tokenizer(distinct_bodies, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids_of = dict(zip(distinct_bodies, encoded))
         observation_of = {query: (body, ids_of[body]) for query, body in zip(unique_queries, bodies)}
         for sample, query in pending:
             seen_text = self._inject(sample, *observation_of[query])
@@ -263,3 +282,20 @@ class SearchRollout:
         if len(golden_answers) != len(samples):
             raise ValueError(f"golden_answers has {len(golden_answers)} entries for {len(samples)} prompts.")
         return {id(sample): golds for sample, golds in zip(samples, golden_answers)}
+
+
+def _check_results(retriever, results, num_queries: int) -> None:
+    """Fails early, naming the retriever, when `search` breaks its contract (one list of `Passage`s per query)."""
+    name = type(retriever).__name__
+    if not isinstance(results, (list, tuple)) or len(results) != num_queries:
+        got = f"{len(results)} result lists" if isinstance(results, (list, tuple)) else repr(results)[:80]
+        raise RuntimeError(
+            f"{name}.search returned {got} for {num_queries} queries; a retriever must return exactly one list of "
+            "Passage objects per query."
+        )
+    for hits in results:
+        if not isinstance(hits, (list, tuple)) or not all(isinstance(hit, Passage) for hit in hits):
+            raise TypeError(
+                f"{name}.search must return lists of trl_search.retrievers.Passage, got {hits!r:.120}. Wrap raw texts "
+                "as Passage(id=..., title=..., text=...) or Passage.from_contents(id, contents)."
+            )

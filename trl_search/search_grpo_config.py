@@ -16,11 +16,8 @@ class SearchGRPOConfig(GRPOConfig):
         max_turns (`int`, *optional*, defaults to `4`):
             Maximum number of searches per sample. A sample still open after `max_turns` searches gets one last turn
             in which it can only answer.
-        top_k (`int`, *optional*, defaults to `3`):
-            Number of passages retrieved per search. Note: in `GRPOConfig`, `top_k` is the sampling top-k; here it is
-            the retrieval depth, and the sampling top-k is `sampling_top_k`.
-        sampling_top_k (`int`, *optional*, defaults to `0`):
-            Top-k filtering when sampling completions (`0` disables it). What `GRPOConfig.top_k` means.
+        retrieval_top_k (`int`, *optional*, defaults to `3`):
+            Number of passages retrieved per search. (`top_k` keeps its `GRPOConfig` meaning: sampling top-k.)
         max_obs_length (`int`, *optional*, defaults to `500`):
             Maximum number of tokens of one observation (the retrieved passages with their `<information>` tags).
         max_tokens_per_turn (`int`, *optional*, defaults to `500`):
@@ -38,7 +35,7 @@ class SearchGRPOConfig(GRPOConfig):
             rank sends its own batch (to its in-process retriever or to its node's server).
 
     Example:
-        >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3, bf16=False, report_to="none")
+        >>> config = SearchGRPOConfig(output_dir="out", max_turns=4, retrieval_top_k=3, bf16=False, report_to="none")
         >>> config.max_completion_length
         2048
     """
@@ -57,16 +54,9 @@ class SearchGRPOConfig(GRPOConfig):
             "last turn in which it can only answer. 0 disables searching."
         },
     )
-    top_k: int = field(
+    retrieval_top_k: int = field(
         default=3,
-        metadata={
-            "help": "Number of passages retrieved per search. Unlike GRPOConfig, where `top_k` is the sampling "
-            "top-k: that one is `sampling_top_k` here."
-        },
-    )
-    sampling_top_k: int = field(
-        default=0,
-        metadata={"help": "Top-k filtering when sampling completions (0 disables it); GRPOConfig's `top_k`."},
+        metadata={"help": "Number of passages retrieved per search (`top_k` is GRPOConfig's sampling top-k)."},
     )
     max_obs_length: int = field(
         default=500,
@@ -108,13 +98,11 @@ class SearchGRPOConfig(GRPOConfig):
 
         if self.max_turns < 0:
             raise ValueError(f"max_turns must be >= 0 (0 disables searching), got {self.max_turns}. Set --max_turns.")
-        if self.top_k < 1:
+        if self.retrieval_top_k < 1:
             raise ValueError(
-                f"top_k is the number of passages per search and must be >= 1, got {self.top_k}. Set --top_k "
-                "(for sampling top-k use --sampling_top_k)."
+                f"retrieval_top_k is the number of passages per search and must be >= 1, got {self.retrieval_top_k}. "
+                "Set --retrieval_top_k."
             )
-        if self.sampling_top_k < 0:
-            raise ValueError(f"sampling_top_k must be >= 0 (0 disables it), got {self.sampling_top_k}.")
         if self.max_obs_length < 8:
             raise ValueError(
                 f"max_obs_length={self.max_obs_length} cannot hold even the <information> tags; set --max_obs_length "
@@ -134,9 +122,4 @@ class SearchGRPOConfig(GRPOConfig):
                 f"({self.max_completion_length}): one observation would fill the whole completion. Lower "
                 "--max_obs_length or raise --max_completion_length."
             )
-        # GRPOConfig validates its own fields; our `top_k` is the retrieval depth, so show it the sampling one.
-        retrieval_top_k, self.top_k = self.top_k, self.sampling_top_k
-        try:
-            super().__post_init__()
-        finally:
-            self.top_k = retrieval_top_k
+        super().__post_init__()

@@ -52,7 +52,7 @@ class SearchGRPOTrainer(GRPOTrainer):
         >>> trainer = SearchGRPOTrainer(  # doctest: +SKIP
         ...     model="Qwen/Qwen2.5-3B",
         ...     retriever=BM25Retriever.build("corpus.jsonl"),
-        ...     args=SearchGRPOConfig(output_dir="out", max_turns=4, top_k=3),
+        ...     args=SearchGRPOConfig(output_dir="out", max_turns=4, retrieval_top_k=3),
         ...     train_dataset=dataset,
         ... )
         >>> trainer.train()  # doctest: +SKIP
@@ -99,27 +99,28 @@ class SearchGRPOTrainer(GRPOTrainer):
             )
         if reward_funcs is None:
             reward_funcs = exact_match_reward
+        _refuse_unsupported_settings(args)
+        _check_dataset(train_dataset, reward_funcs, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            for name, dataset in eval_dataset.items():
+                _check_dataset(dataset, reward_funcs, f"eval_dataset[{name!r}]")
+        else:
+            _check_dataset(eval_dataset, reward_funcs, "eval_dataset")
         self.retriever = retriever
         self._rollout_inputs = None
 
-        # GRPOTrainer reads `args.top_k` as the sampling top-k while it builds its generation settings; ours is the
-        # retrieval depth, so show it the sampling one for the duration of its __init__.
-        retrieval_top_k, args.top_k = args.top_k, args.sampling_top_k
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
-                super().__init__(
-                    model,
-                    reward_funcs,
-                    args=args,
-                    train_dataset=train_dataset,
-                    eval_dataset=eval_dataset,
-                    processing_class=processing_class,
-                    rollout_func=self._search_rollout_func,
-                    **kwargs,
-                )
-        finally:
-            args.top_k = retrieval_top_k
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+            super().__init__(
+                model,
+                reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                rollout_func=self._search_rollout_func,
+                **kwargs,
+            )
 
         if args.gather_retrieval_queries and self.accelerator.num_processes > 1:
             retriever = GatheredRetriever(retriever, self.accelerator)
@@ -128,7 +129,7 @@ class SearchGRPOTrainer(GRPOTrainer):
             self._tokenizer,
             protocol=args.search_protocol,
             max_turns=args.max_turns,
-            top_k=args.top_k,
+            retrieval_top_k=args.retrieval_top_k,
             max_obs_length=args.max_obs_length,
             max_tokens_per_turn=args.max_tokens_per_turn,
             max_completion_length=args.max_completion_length,
@@ -150,6 +151,7 @@ class SearchGRPOTrainer(GRPOTrainer):
     def _search_rollout_func(self, prompts: list, trainer) -> dict:
         mode = "train" if self.model.training else "eval"
         prompt_ids = tokenize_prompts(prompts, self.processing_class, self.chat_template_kwargs, self.chat_template)
+        self._warn_if_over_context(prompt_ids)
         golden_answers = None
         if self._rollout_inputs is not None and len(self._rollout_inputs) == len(prompts):
             golden_answers = [row.get("golden_answers") for row in self._rollout_inputs]
@@ -173,6 +175,8 @@ class SearchGRPOTrainer(GRPOTrainer):
             "search_queries": [sample.queries for sample in samples],
             "retrieved_texts": [sample.retrieved_texts for sample in samples],
             "answer_in_retrieval": [sample.answer_in_retrieval for sample in samples],
+            # The answer the rollout executed; the rewards score exactly this (see trl_search.rewards).
+            "predicted_answer": [sample.predicted_answer for sample in samples],
         }
 
     def _rollout_with_transformers(self, prompt_ids, golden_answers) -> RolloutOutput:
@@ -239,6 +243,19 @@ class SearchGRPOTrainer(GRPOTrainer):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(card.rstrip("\n") + "\n" + model_card_section(self.search_settings(), model_id))
 
+    def _warn_if_over_context(self, prompt_ids: list[list[int]]) -> None:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if not context:
+            return
+        over = sum(len(ids) + self.args.max_completion_length > context for ids in prompt_ids)
+        if over:
+            warnings.warn(
+                f"{over} of {len(prompt_ids)} prompts plus max_completion_length ({self.args.max_completion_length}) "
+                f"exceed the model's context of {context} tokens (longest prompt: {max(map(len, prompt_ids))} tokens); "
+                "their late turns will be cut or degrade. Shorten the prompts or lower --max_completion_length.",
+                stacklevel=2,
+            )
+
     def _forward_is_collective(self) -> bool:
         if self.accelerator.num_processes == 1:
             return False
@@ -295,3 +312,59 @@ class SearchGRPOTrainer(GRPOTrainer):
         if cache is not None:
             metrics["search/cache_hit_rate"].append(cache.hit_rate)
             cache.reset_stats()
+
+
+# GRPOConfig settings that change how TRL generates; the search rollout owns generation, so they would be ignored.
+_UNSUPPORTED_SETTINGS = {
+    "vllm_structured_outputs_regex": "the search rollout stops on the protocol's tags; a regex would be ignored",
+    "use_transformers_continuous_batching": "the search rollout runs its own per-turn `generate` calls",
+    "use_transformers_paged": "the search rollout runs its own per-turn `generate` calls",
+    "max_tool_calling_iterations": "TRL's tool loop is not used; the number of searches is --max_turns",
+}
+
+
+def _refuse_unsupported_settings(args) -> None:
+    """Refuses, by name, GRPOConfig settings that the search rollout does not honour (rather than ignoring them)."""
+    for name, why in _UNSUPPORTED_SETTINGS.items():
+        if getattr(args, name, None) not in (None, False):
+            raise ValueError(f"SearchGRPOTrainer does not support `{name}` ({why}); unset it.")
+    owned = {"stop_strings", "max_new_tokens", "max_length", "eos_token_id"} & set(args.generation_kwargs or {})
+    if owned:
+        raise ValueError(
+            f"generation_kwargs sets {sorted(owned)}, which the search rollout sets itself every turn (the protocol's "
+            "stop strings, --max_tokens_per_turn, --max_completion_length); remove them."
+        )
+
+
+def _needs_golden_answers(reward_funcs) -> bool:
+    import inspect
+
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    for func in funcs:
+        if isinstance(func, str) or not callable(func):
+            continue
+        try:
+            parameters = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            continue
+        golden = parameters.get("golden_answers")
+        if golden is not None and golden.default is inspect.Parameter.empty:
+            return True
+    return False
+
+
+def _check_dataset(dataset, reward_funcs, name: str) -> None:
+    """Fails at construction, not at step 1, on a dataset the rollout or the rewards cannot use."""
+    columns = getattr(dataset, "column_names", None)
+    if dataset is None or columns is None:  # an iterable dataset: checked as rows arrive
+        return
+    if "prompt" not in columns:
+        raise ValueError(f"{name} has no 'prompt' column (columns: {columns}); build prompts with make_search_prompt.")
+    if "golden_answers" not in columns and _needs_golden_answers(reward_funcs):
+        raise ValueError(
+            f"{name} has no 'golden_answers' column (columns: {columns}), which the reward functions read. Add one "
+            "(a list of accepted answers per row), e.g. dataset.map(lambda row: {'golden_answers': [row['answer']]})."
+        )
+    for index, prompt in enumerate(dataset["prompt"]):
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise ValueError(f"{name} row {index} has an empty prompt; drop it or fill it with make_search_prompt.")

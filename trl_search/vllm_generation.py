@@ -42,6 +42,24 @@ def sampling_settings(vllm_generation) -> dict:
     return settings
 
 
+def group_identical_rows(rows: Sequence[tuple[Sequence[int], int]]) -> list[list[int]]:
+    """Indices of rows that share both their context and their token limit, in first-seen order.
+
+    Each group goes to vLLM as ONE prompt with `n` = its size, as TRL sends a GRPO group: vLLM then draws `n`
+    different samples (with a `seed` in `generation_kwargs`, it seeds sample i with seed + i). Sent as separate
+    `n=1` requests with the same seed, identical contexts (every first turn of a group, and later turns whose
+    histories coincide) would all get the same completion. It also prefills each distinct context once.
+
+    Example:
+        >>> group_identical_rows([([1, 2], 8), ([1, 2], 8), ([3], 8), ([1, 2], 4)])
+        [[0, 1], [2], [3]]
+    """
+    groups: dict[tuple, list[int]] = {}
+    for index, (context, limit) in enumerate(rows):
+        groups.setdefault((tuple(context), limit), []).append(index)
+    return list(groups.values())
+
+
 def _sampled_logprob(step_logprobs, step_token_ids, token: int) -> float:
     """The logprob of the sampled token among a position's top logprobs (NaN, as TRL maps vLLM's None, if absent)."""
     for candidate, logprob in zip(step_token_ids, step_logprobs):
@@ -73,11 +91,11 @@ class VLLMColocateGenerator:
         self.eos_token_ids = list(eos_token_ids)
         self.tp_group = tp_group
 
-    def _sampling_params(self, max_tokens: int, stop_strings: Sequence[str]):
+    def _sampling_params(self, max_tokens: int, n: int, stop_strings: Sequence[str]):
         from vllm import SamplingParams
 
         return SamplingParams(
-            **{**self.sampling, "n": 1, "max_tokens": max_tokens},
+            **{**self.sampling, "n": n, "max_tokens": max_tokens},
             stop=list(stop_strings),
             include_stop_str_in_output=True,  # the policy wrote the tag: it stays in the trained completion
         )
@@ -97,27 +115,30 @@ class VLLMColocateGenerator:
             start = 0
         if not rows:
             return []
-        params_by_limit = {limit: self._sampling_params(limit, stop_strings) for limit in {limit for _, limit in rows}}
+        groups = group_identical_rows(rows)
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(ids)} for ids, _ in rows],
-            sampling_params=[params_by_limit[limit] for _, limit in rows],
+            [{"prompt_token_ids": list(rows[group[0]][0])} for group in groups],
+            sampling_params=[self._sampling_params(rows[group[0]][1], len(group), stop_strings) for group in groups],
             use_tqdm=False,
         )
         from trl.generation.vllm_generation import extract_logprobs
 
-        all_logprobs, all_token_ids = extract_logprobs(outputs)  # TRL's reading of vLLM's per-position logprobs
-        turns = []
-        for row, request in enumerate(outputs):
-            completion = request.outputs[0]
-            token_ids = list(completion.token_ids)
-            logprobs = None
-            if all_logprobs is not None:
-                logprobs = [
-                    _sampled_logprob(step, step_ids, token)
-                    for step, step_ids, token in zip(all_logprobs[row], all_token_ids[row], token_ids)
-                ]
-            # finish_reason "stop": EOS or a stop string; "length": max_tokens reached
-            turns.append(GeneratedTurn(token_ids, logprobs, stopped=completion.finish_reason == "stop"))
+        # TRL's reading of vLLM's per-position logprobs: one entry per completion, request-major
+        all_logprobs, all_token_ids = extract_logprobs(outputs)
+        turns: list[GeneratedTurn | None] = [None] * len(rows)
+        flat = 0
+        for group, request in zip(groups, outputs):
+            for index, completion in zip(group, request.outputs, strict=True):
+                token_ids = list(completion.token_ids)
+                logprobs = None
+                if all_logprobs is not None:
+                    logprobs = [
+                        _sampled_logprob(step, step_ids, token)
+                        for step, step_ids, token in zip(all_logprobs[flat], all_token_ids[flat], token_ids)
+                    ]
+                flat += 1
+                # finish_reason "stop": EOS or a stop string; "length": max_tokens reached
+                turns[index] = GeneratedTurn(token_ids, logprobs, stopped=completion.finish_reason == "stop")
         return turns[start : start + len(contexts)]
 
     @contextmanager
@@ -177,9 +198,10 @@ class VLLMServerGenerator:
 
     def _generate_rows(self, rows: list[tuple[list[int], int]], stop_strings: Sequence[str]) -> list[GeneratedTurn]:
         turns: list[GeneratedTurn | None] = [None] * len(rows)
-        by_limit: dict[int, list[int]] = {}
-        for index, (_, limit) in enumerate(rows):
-            by_limit.setdefault(limit, []).append(index)
+        # One request per (token limit, group size): a request has one `max_tokens` and one `n`.
+        requests: dict[tuple[int, int], list[list[int]]] = {}
+        for group in group_identical_rows(rows):
+            requests.setdefault((rows[group[0]][1], len(group)), []).append(group)
         settings = dict(self.sampling)
         named = {
             key: settings.pop(key)
@@ -189,17 +211,18 @@ class VLLMServerGenerator:
         logprobs = settings.pop("logprobs", 0)
         # Anything else (seed, ..., and the stop strings) goes in the request body as-is.
         extra = {**settings, "stop": list(stop_strings), "include_stop_str_in_output": True}
-        for limit, indices in by_limit.items():
+        for (limit, n), groups in requests.items():
             output = self.client.generate(
-                prompts=[list(rows[index][0]) for index in indices],
-                n=1,
+                prompts=[list(rows[group[0]][0]) for group in groups],
+                n=n,
                 max_tokens=limit,
                 logprobs=logprobs,
                 generation_kwargs=extra,
                 **named,
             )
             all_logprobs, all_token_ids = output["logprobs"], output.get("logprob_token_ids")
-            for position, index in enumerate(indices):
+            # completions come prompt-major: the n samples of a prompt, then the next prompt's
+            for position, index in enumerate(index for group in groups for index in group):
                 token_ids = list(output["completion_ids"][position])
                 turn_logprobs = None
                 if all_logprobs is not None:

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Example:
         >>> parser = argparse.ArgumentParser()
         >>> add_arguments(parser)
-        >>> parser.parse_args(["--model", "m", "--datasets", "demo", "--retriever", "demo"]).top_k
+        >>> parser.parse_args(["--model", "m", "--datasets", "demo", "--retriever", "demo"]).retrieval_top_k
         3
     """
     from ..data import PAPER_DATASETS, QA_DATASETS
@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="maximum searches per question (default: the model's search_config.json, else 4)",
     )
     parser.add_argument(
-        "--top_k",
-        "--top-k",
+        "--retrieval_top_k",
+        "--retrieval-top-k",
         type=int,
         default=None,
         help="passages per search (default: the model's search_config.json, else 3)",
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         batch_size=args.batch_size,
         max_turns=args.max_turns,
-        top_k=args.top_k,
+        retrieval_top_k=args.retrieval_top_k,
         max_obs_length=args.max_obs_length,
         max_tokens_per_turn=args.max_tokens_per_turn,
         max_completion_length=args.max_completion_length,
