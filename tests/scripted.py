@@ -12,15 +12,26 @@ class ScriptedGenerator:
     """A `TurnGenerator` that replays, per sample, a list of turn texts (keyed by the sample's prompt).
 
     It follows the backend contract: no token past a stop string, per-row token limits, EOS handling. Each call is
-    recorded in `calls` as the list of sample keys that generated in that turn.
+    recorded in `calls` as the list of sample keys that generated in that turn, and every turn it returned in
+    `returned[key]`. With `logprobs=True` each token gets a sampling logprob of its own (distinct over the whole run),
+    as vLLM reports them, so that a test can tell where every sampled token and its logprob ended up.
     """
 
-    def __init__(self, tokenizer, scripts: dict[tuple[int, ...], list[str]], eos_after: set | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        scripts: dict[tuple[int, ...], list[str]],
+        eos_after: set | None = None,
+        logprobs: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.scripts = scripts
         self.turn_of = {key: 0 for key in scripts}
         self.eos_token_ids = [tokenizer.eos_token_id]
         self.calls: list[list[tuple[int, ...]]] = []
+        self.returned: dict[tuple[int, ...], list[GeneratedTurn]] = {key: [] for key in scripts}
+        self.logprobs = logprobs
+        self._tokens_issued = 0
 
     def _key(self, context: list[int]) -> tuple[int, ...]:
         matches = [key for key in self.scripts if tuple(context[: len(key)]) == key]
@@ -48,8 +59,18 @@ class ScriptedGenerator:
                     break
             if cut > limit:
                 cut, stopped = limit, False
-            turns.append(GeneratedTurn(token_ids=ids[:cut], stopped=stopped))
+            turn = GeneratedTurn(token_ids=ids[:cut], logprobs=self._next_logprobs(cut), stopped=stopped)
+            self.returned[key].append(turn)
+            turns.append(turn)
         return turns
+
+    def _next_logprobs(self, count: int) -> list[float] | None:
+        if not self.logprobs:
+            return None
+        # Exact binary fractions, negative and distinct, so that equality tests are exact.
+        values = [-(self._tokens_issued + i + 1) / 1024 for i in range(count)]
+        self._tokens_issued += count
+        return values
 
 
 def script_model_forward(model, tokenizer, scripts: dict[str, list[list[str]]]):
