@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
 import json
 import os
@@ -43,7 +42,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-
 from paced_policy import NoEarlyStop, PacedPolicy  # noqa: E402
 
 
@@ -379,7 +377,7 @@ def report(results: list[dict], args) -> None:
         print("our trainer did not complete: " + ", ".join(r["status"] for r in results if r["kind"] == "search"))
         return
     print("\nOur step, median over steps, then mean over seeds (share of the step; spread = min-max over seeds):")
-    print(f"| phase | seconds | share of step | share min-max |\n|---|---|---|---|")
+    print("| phase | seconds | share of step | share min-max |\n|---|---|---|---|")
     medians = [median_phases(r) for r in ours]
     for key in ("step", *PHASES):
         values = [m[key] for m in medians]
