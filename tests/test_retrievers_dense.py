@@ -37,9 +37,11 @@ def flat(st_encoder):
 
 
 def test_transformers_mean_pooling_matches_sentence_transformers(st_encoder):
+    st = Encoder(EncoderConfig(model=MODEL, backend="sentence_transformers", device="cpu"))
     hf = Encoder(EncoderConfig(model=MODEL, backend="transformers", pooling="mean", device="cpu"))
-    assert (st_encoder.backend, hf.backend) == ("sentence_transformers", "transformers")
-    a, b = st_encoder.encode_queries(QUERIES), hf.encode_queries(QUERIES)
+    # "auto" encodes as Search-R1 does (transformers + pooling) when the pipeline has nothing more than that.
+    assert (st.backend, hf.backend, st_encoder.backend) == ("sentence_transformers", "transformers", "transformers")
+    a, b = st.encode_queries(QUERIES), hf.encode_queries(QUERIES)
     assert a.shape == b.shape == (4, 384) and a.dtype == np.float32
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert np.allclose(a, b, atol=1e-4)
@@ -62,7 +64,7 @@ def test_cls_pooling_prefixes_and_normalisation():
 
 
 def test_faiss_hnsw_ivf_and_torch_exact_agree(flat, st_encoder):
-    vectors = st_encoder.encode_passages([f"{p.title}\n{p.text}" for p in iter_corpus(CORPUS)])
+    vectors = st_encoder.encode_passages([p.contents for p in iter_corpus(CORPUS)])
     queries = st_encoder.encode_queries(QUERIES)
     exact_scores, exact_ids = flat._index.search(queries, 5)
     assert np.allclose(exact_scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5], atol=1e-5)
@@ -94,7 +96,7 @@ def test_gpu_path_backends_on_cpu(flat, tmp_path):
 
 def test_search_r1_artefacts(flat, st_encoder, tmp_path):
     """Search-R1 ships a flat FAISS file (e5_Flat.index) and a JSONL corpus of {"id", "contents"} rows."""
-    vectors = st_encoder.encode_passages([f"{p.title}\n{p.text}" for p in iter_corpus(CORPUS)])
+    vectors = st_encoder.encode_passages([p.contents for p in iter_corpus(CORPUS)])
     index = faiss.IndexFlatIP(384)
     index.add(vectors)
     faiss.write_index(index, str(tmp_path / "e5_Flat.index"))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 
@@ -97,36 +96,23 @@ def passage_from_record(record: dict | Passage, score: float = 0.0) -> Passage:
         raise ValueError(
             f"A corpus row must be a dict with an 'id' and either 'contents' or 'title'+'text'; got {record!r:.200}"
         )
-    if "contents" in record:
-        return Passage.from_contents(str(record["id"]), str(record["contents"]), score=score)
+    if isinstance(record.get("contents"), str):
+        return Passage.from_contents(str(record["id"]), record["contents"], score=score)
     if "text" in record:
         return Passage(id=str(record["id"]), title=str(record.get("title", "")), text=str(record["text"]), score=score)
-    raise ValueError(f"Corpus row {record.get('id')!r} has neither 'contents' nor 'text'.")
+    raise ValueError(f"Corpus row {record.get('id')!r} has no string 'contents' and no 'text'.")
 
 
-def iter_corpus(corpus: str | os.PathLike | Iterable[dict | Passage]) -> Iterator[Passage]:
-    """Streams `Passage`s from a JSONL path or an iterable of rows (blank lines skipped).
+def iter_corpus(corpus) -> Iterator[Passage]:
+    """Streams validated `Passage`s from a JSONL path or an iterable of rows (see `trl_search.retrievers.corpus`).
 
     Example:
         >>> [p.title for p in iter_corpus([{"id": "0", "title": "Paris", "text": "Paris is in France."}])]
         ['Paris']
     """
-    if isinstance(corpus, (str, os.PathLike)):
-        path = os.fspath(corpus)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Corpus file not found: {path}. Pass a JSONL file with one passage per line.")
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from error
-                yield passage_from_record(record)
-    else:
-        for record in corpus:
-            yield passage_from_record(record)
+    from .corpus import iter_corpus as _iter_corpus
+
+    return _iter_corpus(corpus)
 
 
 class Retriever(ABC):

@@ -8,8 +8,9 @@ import tempfile
 import weakref
 from collections.abc import Iterable
 
-from .base import Passage, Retriever, iter_corpus
+from .base import Passage, Retriever
 from .bm25_engines import ENGINES
+from .corpus import Corpus
 from .manifest import InvalidIndexError, atomic_directory, read_manifest, write_manifest
 from .store import PassageStore, PassageStoreWriter, link_or_copy
 from .tokenization import tokenize
@@ -64,11 +65,19 @@ class BM25Retriever(Retriever):
 
     kind = "bm25"
 
-    def __init__(self, engine, store: PassageStore, parameters: dict, corpus_sha256: str | None = None):
+    def __init__(
+        self,
+        engine,
+        store: PassageStore,
+        parameters: dict,
+        corpus_sha256: str | None = None,
+        corpus_stats: dict | None = None,
+    ):
         self._engine = engine
         self._store = store
         self.parameters = parameters
         self.corpus_sha256 = corpus_sha256
+        self.corpus_stats = corpus_stats
 
     def __len__(self) -> int:
         return len(self._store)
@@ -111,26 +120,30 @@ class BM25Retriever(Retriever):
         index_threads: int = 1,
         batch_size: int = 4096,
         show_progress: bool = False,
+        work_dir: str | os.PathLike | None = None,
     ) -> BM25Retriever:
         """Indexes a corpus, streaming it: a JSONL path (Search-R1 `{"id", "contents"}` or `{"id", "title", "text"}`
-        rows) or an iterable of such rows or `Passage`s.
+        rows), an iterable of such rows or `Passage`s, or a `Corpus` (to choose how bad rows are handled).
 
-        Passages go to an on-disk store as they stream, so only the engine's index is held in memory (tantivy's is
-        on disk too). `n_threads` is the number of query threads (bm25s; -1 for all cores).
+        Each passage's `contents` is stored verbatim and tokenised. Passages go to an on-disk store as they stream, so
+        only the engine's index is held in memory (tantivy's is on disk too). `n_threads` is the number of query
+        threads (bm25s; -1 for all cores). `work_dir` is an empty folder for the store (default: a new temporary
+        one); it is removed when the build fails or the retriever is garbage-collected.
 
         Example:
             >>> retriever = BM25Retriever.build("corpus.jsonl", engine="tantivy", show_progress=True)  # doctest: +SKIP
         """
         parameters = cls._parameters(engine, k1, b, backend, heap_mb, index_threads)
-        workdir = tempfile.mkdtemp(prefix="trl-search-bm25-")
+        workdir = os.fspath(work_dir) if work_dir is not None else tempfile.mkdtemp(prefix="trl-search-bm25-")
+        corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         try:
             writer = PassageStoreWriter(workdir)
             builder = ENGINES[engine].Builder(parameters, workdir)
-            total = _corpus_length(corpus) if show_progress else None
+            total = _corpus_length(corpus.source) if show_progress else None
             texts = []
-            for passage in _progress(iter_corpus(corpus), show_progress, total):
+            for passage in _progress(corpus, show_progress, total):
                 writer.add(passage)
-                texts.append(f"{passage.title}\n{passage.text}")
+                texts.append(passage.contents)
                 if len(texts) >= batch_size:
                     builder.add(tokenize(texts))
                     texts = []
@@ -138,7 +151,8 @@ class BM25Retriever(Retriever):
             count, checksum = writer.close()
             if count == 0:
                 raise ValueError("The corpus is empty: BM25Retriever.build needs at least one passage.")
-            retriever = cls(builder.finish(n_threads=n_threads), PassageStore.open(workdir), parameters, checksum)
+            engine_index = builder.finish(n_threads=n_threads)
+            retriever = cls(engine_index, PassageStore.open(workdir), parameters, checksum, dict(corpus.stats))
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -170,35 +184,34 @@ class BM25Retriever(Retriever):
                 passages=len(self),
                 corpus_sha256=self.corpus_sha256,
                 packages=ENGINES[self.engine].packages,
+                corpus=self.corpus_stats,
             )
 
     @classmethod
     def load(
         cls, directory: str | os.PathLike, *, mmap: bool = False, n_threads: int = 1, verify: bool = False
     ) -> BM25Retriever:
-        """Opens a saved index. `mmap=True` memory-maps bm25s's arrays (for indexes near or above RAM size);
-        `verify=True` re-hashes the passages against the manifest's checksum.
+        """Opens a saved index. `mmap=True` memory-maps bm25s's arrays (for indexes near or above RAM size).
+
+        Every load checks the manifest, file sizes and the structure of every array (shapes, dtypes, bounds of the
+        sparse matrix), so damage is an `InvalidIndexError` naming the file; `verify=True` also re-hashes every file
+        against the SHA-256 in the manifest (reads the whole index once).
 
         Example:
             >>> retriever = BM25Retriever.load("indexes/wiki-bm25", mmap=True)  # doctest: +SKIP
         """
         directory = os.fspath(directory)
-        manifest = read_manifest(directory, kind=cls.kind)
+        manifest = read_manifest(directory, kind=cls.kind, verify=verify)
         parameters = manifest["parameters"]
-        store = PassageStore.open(directory)
-        if len(store) != manifest["passages"]:
+        if manifest["engine"] not in ENGINES or parameters.get("engine", manifest["engine"]) != manifest["engine"]:
             raise InvalidIndexError(
-                f"{directory!r}: the passage store has {len(store)} rows but the manifest says {manifest['passages']}; "
-                "rebuild the index."
+                f"{directory!r}: the manifest names an unknown BM25 engine {manifest['engine']!r}; rebuild the index."
             )
-        if verify and store.sha256() != manifest["corpus_sha256"]:
-            raise InvalidIndexError(
-                f"{directory!r}: the stored passages do not match the corpus checksum in the manifest; rebuild the index."
-            )
+        store = PassageStore.open(directory, passages=manifest["passages"])
         engine = ENGINES[manifest["engine"]].load(directory, parameters, mmap=mmap, n_threads=n_threads, store=store)
         if engine.num_docs != len(store):
             raise InvalidIndexError(
                 f"{directory!r}: the {manifest['engine']} index has {engine.num_docs} documents but the corpus has "
                 f"{len(store)} passages; the index and corpus do not match. Rebuild the index."
             )
-        return cls(engine, store, parameters, manifest["corpus_sha256"])
+        return cls(engine, store, parameters, manifest["corpus_sha256"], manifest.get("corpus"))

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from .manifest import InvalidIndexError, check_array, load_npy, read_json_file
+
 
 def _require(module: str, extra: str):
     try:
@@ -116,8 +118,62 @@ class BM25sEngine:
     def load(cls, directory: str, parameters: dict, mmap: bool = False, n_threads: int = 1, store=None):
         import bm25s
 
-        model = bm25s.BM25.load(os.path.join(directory, "bm25s"), mmap=mmap, show_progress=False)
+        folder = os.path.join(directory, "bm25s")
+        vocab_size = _check_bm25s_files(folder)
+        try:
+            model = bm25s.BM25.load(folder, mmap=mmap, show_progress=False)
+        except Exception as error:  # whatever bm25s raises on a damaged file, name the folder
+            raise InvalidIndexError(f"{folder}: bm25s cannot load this index ({error}); rebuild it.") from None
+        _check_bm25s_scores(folder, model.scores, vocab_size)
         return cls(model, parameters.get("backend", "numba"), n_threads)
+
+
+def _check_bm25s_files(folder: str) -> int:
+    """Checks bm25s's JSON files and the headers of its arrays (dtypes, shapes, vocabulary ids); returns the vocabulary
+    size. Cheap: the arrays are only memory-mapped."""
+    params = read_json_file(os.path.join(folder, "params.index.json"), "bm25s parameter file")
+    if (
+        not isinstance(params, dict)
+        or isinstance(params.get("num_docs"), bool)
+        or not isinstance(params.get("num_docs"), int)
+    ):
+        raise InvalidIndexError(f"{os.path.join(folder, 'params.index.json')}: no integer 'num_docs'; rebuild it.")
+    vocab_path = os.path.join(folder, "vocab.index.json")
+    vocab = read_json_file(vocab_path, "bm25s vocabulary")
+    try:
+        ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab)) if isinstance(vocab, dict) else None
+    except (TypeError, ValueError):
+        ids = None
+    vocab_size = len(vocab) if isinstance(vocab, dict) else 0
+    if ids is None or (vocab_size and (ids.min() < 0 or ids.max() >= vocab_size)):
+        raise InvalidIndexError(f"{vocab_path}: the vocabulary is damaged (token ids outside 0..{vocab_size - 1}).")
+    arrays = {name: load_npy(os.path.join(folder, f"{name}.csc.index.npy"), mmap=True) for name in BM25S_ARRAYS}
+    nnz = len(arrays["data"]) if arrays["data"].ndim == 1 else -1
+    check_array(os.path.join(folder, "data.csc.index.npy"), arrays["data"], ("float32", "float64"), (nnz,))
+    check_array(os.path.join(folder, "indices.csc.index.npy"), arrays["indices"], ("int32", "int64"), (nnz,))
+    # bm25s appends an empty-string token after the last column: it has an id but no column.
+    columns = vocab_size - 1 if vocab.get("") == vocab_size - 1 else vocab_size
+    check_array(os.path.join(folder, "indptr.csc.index.npy"), arrays["indptr"], ("int32", "int64"), (columns + 1,))
+    return vocab_size
+
+
+def _check_bm25s_scores(folder: str, scores: dict, vocab_size: int) -> None:
+    """Bounds of the sparse score matrix: the numba kernel reads them unchecked, so bad pointers or document ids would
+    crash the process (or read garbage) at the first query instead of failing here."""
+    data, indices, indptr, num_docs = scores["data"], scores["indices"], scores["indptr"], int(scores["num_docs"])
+    where = os.path.join(folder, "indptr.csc.index.npy")
+    if indptr[0] != 0 or indptr[-1] != len(data) or np.any(np.diff(indptr) < 0):
+        raise InvalidIndexError(f"{where}: the column pointers are damaged (not 0..{len(data)}, ascending); rebuild.")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= num_docs):
+        where = os.path.join(folder, "indices.csc.index.npy")
+        raise InvalidIndexError(f"{where}: document ids outside 0..{num_docs - 1}: the file is damaged; rebuild.")
+    # BM25 term scores are positive and finite; the kernel also relies on 0 meaning "no score yet".
+    if len(data) and not (float(data.min()) > 0 and np.isfinite(data.max())):
+        where = os.path.join(folder, "data.csc.index.npy")
+        raise InvalidIndexError(f"{where}: scores that are not positive finite numbers: the file is damaged; rebuild.")
+
+
+BM25S_ARRAYS = ("data", "indices", "indptr")
 
 
 class TantivyEngine:
@@ -205,7 +261,10 @@ class TantivyEngine:
     def load(cls, directory: str, parameters: dict, mmap: bool = False, n_threads: int = 1, store=None):
         tantivy = _require("tantivy", "tantivy")
         path = os.path.join(directory, "tantivy")
-        return cls(tantivy.Index.open(path), path, n_threads)
+        try:
+            return cls(tantivy.Index.open(path), path, n_threads)
+        except ValueError as error:
+            raise InvalidIndexError(f"{path}: tantivy cannot open this index ({error}); rebuild it.") from None
 
 
 class RankBM25Engine:
@@ -271,7 +330,7 @@ class RankBM25Engine:
         builder = cls.Builder(parameters, directory)
         batch = []
         for passage in store:
-            batch.append(f"{passage.title}\n{passage.text}")
+            batch.append(passage.contents)
             if len(batch) == 4096:
                 builder.add(tokenize(batch))
                 batch = []

@@ -9,12 +9,21 @@ import tempfile
 import weakref
 from collections.abc import Iterable
 
-from .base import Passage, Retriever, iter_corpus
+from .base import Passage, Retriever
 from .bm25 import _corpus_length, _progress
+from .corpus import Corpus
 from .encoders import Encoder, EncoderConfig
 from .manifest import InvalidIndexError, atomic_directory, read_manifest, write_manifest
 from .store import PassageStore, PassageStoreWriter, link_or_copy
-from .vector_index import DEFAULT_EF_SEARCH, INDEX_KINDS, FaissIndex, TorchExactIndex, import_faiss, read_flat_index
+from .vector_index import (
+    DEFAULT_EF_SEARCH,
+    INDEX_KINDS,
+    FaissIndex,
+    TorchExactIndex,
+    check_vectors,
+    import_faiss,
+    read_flat_index,
+)
 
 
 INDEX_NAME = "index.faiss"
@@ -68,6 +77,7 @@ class DenseRetriever(Retriever):
         parameters: dict,
         corpus_sha256: str | None = None,
         external: dict | None = None,
+        corpus_stats: dict | None = None,
     ):
         if encoder.dim != index.dim:
             raise ValueError(
@@ -85,6 +95,7 @@ class DenseRetriever(Retriever):
         self.parameters = parameters
         self.corpus_sha256 = corpus_sha256
         self.external = external
+        self.corpus_stats = corpus_stats
 
     def __len__(self) -> int:
         return len(self._store)
@@ -103,12 +114,17 @@ class DenseRetriever(Retriever):
         nprobe: int = 32,
         chunk_size: int = 4096,
         show_progress: bool = False,
+        work_dir: str | os.PathLike | None = None,
         **encoder_options,
     ) -> DenseRetriever:
         """Encodes and indexes a corpus, streaming it in chunks of `chunk_size` passages.
 
-        `encoder_options` are `EncoderConfig` fields: `pooling`, `normalize`, `query_prefix`, `passage_prefix`,
-        `max_length`, `batch_size`, `device`, `dtype`, `backend`.
+        Each passage's `contents` string is encoded exactly as stored, with the encoder family's passage prefix, as
+        Search-R1's index builder does (e5: `"passage: " + contents`, mean pooling, L2-normalised, 256 tokens), so
+        the vectors equal those of its builder with the same model (use `dtype="float16"` on GPU to match its
+        `--use_fp16` bit for bit). `encoder_options` are `EncoderConfig` fields: `family`, `pooling`, `normalize`,
+        `query_prefix`, `passage_prefix`, `max_length`, `batch_size`, `device`, `dtype`, `backend`. `work_dir`: as in
+        `BM25Retriever.build`.
 
         Example:
             >>> DenseRetriever.build("wiki.jsonl", encoder="intfloat/e5-base-v2", index="hnsw")  # doctest: +SKIP
@@ -125,14 +141,15 @@ class DenseRetriever(Retriever):
             {"hnsw": {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}}.get(index, {})
         )
         parameters.update({"ivf": {"nlist": nlist, "nprobe": nprobe}}.get(index, {}))
-        workdir = tempfile.mkdtemp(prefix="trl-search-dense-")
+        workdir = os.fspath(work_dir) if work_dir is not None else tempfile.mkdtemp(prefix="trl-search-dense-")
+        corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         try:
             writer = PassageStoreWriter(workdir)
-            total = _corpus_length(corpus) if show_progress else None
+            total = _corpus_length(corpus.source) if show_progress else None
             texts = []
-            for passage in _progress(iter_corpus(corpus), show_progress, total, desc="Encoding"):
+            for passage in _progress(corpus, show_progress, total, desc="Encoding"):
                 writer.add(passage)
-                texts.append(f"{passage.title}\n{passage.text}")
+                texts.append(passage.contents)
                 if len(texts) >= chunk_size:
                     vectors.add(encoder.encode_passages(texts))
                     texts = []
@@ -142,7 +159,8 @@ class DenseRetriever(Retriever):
             count, checksum = writer.close()
             if count == 0:
                 raise ValueError("The corpus is empty: DenseRetriever.build needs at least one passage.")
-            retriever = cls(encoder, vectors, PassageStore.open(workdir), parameters, checksum)
+            store = PassageStore.open(workdir)
+            retriever = cls(encoder, vectors, store, parameters, checksum, corpus_stats=dict(corpus.stats))
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -204,6 +222,11 @@ class DenseRetriever(Retriever):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         with open(path, "rb") as handle:
             is_flat = handle.read(4) in (b"IxFI", b"IxF2")
+        if is_flat:
+            try:
+                read_flat_index(path)  # header and size, before FAISS trusts them
+            except ValueError as error:
+                raise InvalidIndexError(f"{error} The file is damaged; rebuild the index.") from None
         on_gpu = str(device).startswith("cuda")
         if backend == "auto":
             backend = "faiss"
@@ -216,7 +239,7 @@ class DenseRetriever(Retriever):
         if backend == "torch":
             if not is_flat:
                 raise ValueError(f"{path} is not a flat index; exact torch search needs one (use backend='faiss').")
-            metric, matrix = read_flat_index(path)
+            metric, matrix = read_flat_index(path)  # checked above
             if metric != "ip":
                 raise ValueError(f"{path} is an L2 flat index; DenseRetriever ranks by inner product.")
             if devices is None and not on_gpu:
@@ -264,6 +287,7 @@ class DenseRetriever(Retriever):
                 corpus_sha256=self.corpus_sha256,
                 packages=("faiss-cpu", "sentence-transformers", "transformers", "torch"),
                 external=self.external,
+                corpus=self.corpus_stats,
             )
 
     @classmethod
@@ -289,38 +313,47 @@ class DenseRetriever(Retriever):
                 (exact search sharded over `devices`, default all visible GPUs) or `"faiss_gpu"`.
             ef_search / nprobe: override the HNSW / IVF search parameters saved with the index.
             encoder: a model path to use instead of the one recorded (e.g. after moving the model).
-            verify: re-hash the passages against the manifest's checksum.
+            verify: re-hash every file against the SHA-256 in the manifest (files of an index adopted with
+                `from_faiss` are checked by size only).
+
+        Every load checks the manifest, file sizes, the row offsets of the passages and the vector index against the
+        manifest (vector count and size, FAISS graph and list bounds, unit norms of normalised vectors), so damage is
+        an `InvalidIndexError` naming the file rather than a crash or silently different results.
 
         Example:
             >>> retriever = DenseRetriever.load("indexes/wiki-e5", device="cuda")  # doctest: +SKIP
         """
         directory = os.fspath(directory)
-        manifest = read_manifest(directory, kind=cls.kind)
+        manifest = read_manifest(directory, kind=cls.kind, verify=verify)
         parameters = manifest["parameters"]
         external = manifest.get("external")
         if external:
             for key in ("index", "corpus"):
-                path = external[key]
-                if not os.path.isfile(path):
+                path = external.get(key) if isinstance(external, dict) else None
+                if not isinstance(path, str) or not os.path.isfile(path):
                     raise InvalidIndexError(
                         f"{directory!r} refers to {path}, which is missing; restore it or rebuild."
                     )
-                if os.path.getsize(path) != external[f"{key}_bytes"]:
+                if os.path.getsize(path) != external.get(f"{key}_bytes"):
                     raise InvalidIndexError(f"{path} changed size since {directory!r} was written: corpus mismatch.")
             index_path, store = external["index"], PassageStore.open_jsonl(external["corpus"])
         else:
-            index_path, store = os.path.join(directory, INDEX_NAME), PassageStore.open(directory)
-            if verify and store.sha256() != manifest["corpus_sha256"]:
-                raise InvalidIndexError(
-                    f"{directory!r}: the stored passages do not match the manifest's corpus checksum; rebuild it."
-                )
+            index_path = os.path.join(directory, INDEX_NAME)
+            store = PassageStore.open(directory, passages=manifest["passages"])
         if len(store) != manifest["passages"]:
             raise InvalidIndexError(
                 f"{directory!r}: the corpus has {len(store)} passages but the manifest says {manifest['passages']}: "
                 "corpus mismatch; rebuild the index."
             )
-        encoder_config = EncoderConfig(**{**parameters["encoder"], "device": encoder_device})
+        try:
+            encoder_config = EncoderConfig(**{**parameters["encoder"], "device": encoder_device})
+            dim = parameters["dim"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidIndexError(
+                f"{os.path.join(directory, 'manifest.json')}: the encoder settings are damaged ({error}); rebuild."
+            ) from None
         if encoder is not None:
             encoder_config = dataclasses.replace(encoder_config, model=os.fspath(encoder))
         vectors = cls._open_vectors(index_path, device, backend, ef_search, nprobe, mmap, devices=devices)
+        check_vectors(index_path, vectors, len(store), dim, normalized=encoder_config.normalize)
         return cls(Encoder(encoder_config), vectors, store, parameters, manifest["corpus_sha256"], external)

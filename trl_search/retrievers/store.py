@@ -45,7 +45,8 @@ def link_or_copy_tree(source: str, destination: str) -> None:
 
 
 class PassageStoreWriter:
-    """Appends passages to `directory/passages.jsonl`, recording row offsets and a SHA-256 of the rows.
+    """Appends passages to `directory/passages.jsonl` as `{"id", "contents"}` rows (`contents` verbatim), recording
+    row offsets and a SHA-256 of the rows.
 
     Example:
         >>> import tempfile
@@ -63,7 +64,8 @@ class PassageStoreWriter:
         self._sha = hashlib.sha256()
 
     def add(self, passage: Passage) -> None:
-        line = (json.dumps({"id": passage.id, "title": passage.title, "text": passage.text}) + "\n").encode("utf-8")
+        row = {"id": passage.id, "contents": passage.contents}
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         self._handle.write(line)
         self._sha.update(line)
         self._offsets.append(self._offsets[-1] + len(line))
@@ -118,11 +120,23 @@ class PassageStore(Sequence):
         self._data = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
 
     @classmethod
-    def open(cls, directory: str) -> PassageStore:
-        """Opens a store written by `PassageStoreWriter` in `directory`."""
-        offsets = np.load(os.path.join(directory, OFFSETS_NAME), mmap_mode="r")
+    def open(cls, directory: str, passages: int | None = None) -> PassageStore:
+        """Opens a store written by `PassageStoreWriter` in `directory`, checking its row offsets against the passage
+        file (and against `passages`, the count the manifest records) so damage is an `InvalidIndexError` naming the
+        file, not a wrong passage later."""
+        from .manifest import InvalidIndexError, check_array, load_npy
+
+        path, offsets_path = os.path.join(directory, PASSAGES_NAME), os.path.join(directory, OFFSETS_NAME)
+        offsets = load_npy(offsets_path, mmap=True)
+        rows = len(offsets) - 1 if offsets.ndim == 1 and len(offsets) else 0
+        check_array(offsets_path, offsets, ("int64",), (rows + 1 if passages is None else passages + 1,))
+        if offsets[0] != 0 or offsets[-1] != os.path.getsize(path) or np.any(np.diff(offsets) <= 0):
+            raise InvalidIndexError(
+                f"{offsets_path}: the row offsets do not fit {path} (damaged, or from another index); rebuild the "
+                "index."
+            )
         spans = np.lib.stride_tricks.sliding_window_view(offsets, 2)
-        return cls(os.path.join(directory, PASSAGES_NAME), spans)
+        return cls(path, spans)
 
     @classmethod
     def open_jsonl(cls, path: str | os.PathLike) -> PassageStore:

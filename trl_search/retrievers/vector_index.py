@@ -127,9 +127,57 @@ class FaissIndex:
 
     @classmethod
     def load(cls, path: str, ef_search: int | None = None, nprobe: int | None = None, mmap: bool = False):
+        from .manifest import InvalidIndexError
+
         faiss = import_faiss()
-        index = faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0) if mmap else faiss.read_index(path)
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0) if mmap else faiss.read_index(path)
+        except RuntimeError as error:
+            message = str(error).strip().splitlines()[-1][:200]
+            raise InvalidIndexError(f"{path}: FAISS cannot read this index ({message}); rebuild it.") from None
         return cls(index, cls.kind_of(index), ef_search=ef_search, nprobe=nprobe)
+
+    def flat_vectors(self) -> np.ndarray | None:
+        """The stored vectors of a flat or HNSW index as an (ntotal, d) view (no copy), else None."""
+        faiss = import_faiss()
+        storage = self.index.storage if self.kind == "hnsw" else self.index
+        storage = faiss.downcast_index(storage)
+        if not isinstance(storage, faiss.IndexFlat) or self.index.ntotal == 0:
+            return None
+        return faiss.rev_swig_ptr(storage.get_xb(), self.index.ntotal * self.dim).reshape(-1, self.dim)
+
+    def check_structure(self, path: str) -> None:
+        """Raises `InvalidIndexError` when the graph links (HNSW) or list ids (IVF) point outside the index, which
+        FAISS would follow unchecked."""
+        from .manifest import InvalidIndexError
+
+        faiss, n = import_faiss(), self.index.ntotal
+        if self.kind == "hnsw":
+            hnsw = self.index.hnsw
+            neighbors, offsets = faiss.vector_to_array(hnsw.neighbors), faiss.vector_to_array(hnsw.offsets)
+            levels = faiss.vector_to_array(hnsw.levels)
+            damaged = (
+                len(levels) != n
+                or len(offsets) != n + 1
+                or (len(offsets) and (offsets[0] != 0 or offsets[-1] != len(neighbors)))
+                or np.any(np.diff(offsets.astype(np.int64)) < 0)
+                or (len(neighbors) and (neighbors.min() < -1 or neighbors.max() >= n))
+                or not -1 <= hnsw.entry_point < max(n, 1)
+            )
+        elif self.kind == "ivf":
+            lists = self.index.invlists
+            sizes = [lists.list_size(i) for i in range(lists.nlist)]
+            damaged = sum(sizes) != n
+            for i, size in enumerate(sizes):
+                if damaged:
+                    break
+                if size:
+                    ids = faiss.rev_swig_ptr(lists.get_ids(i), size)
+                    damaged = bool(ids.min() < 0 or ids.max() >= n)
+        else:
+            damaged = False
+        if damaged:
+            raise InvalidIndexError(f"{path}: the {self.kind} index's links or lists are damaged; rebuild the index.")
 
 
 def read_flat_index(path: str | os.PathLike) -> tuple[str, np.ndarray]:
@@ -272,3 +320,40 @@ class TorchExactIndex:
             ids = torch.cat([i.cpu() for i in partial_ids], dim=1)
             best_scores, best = scores.topk(k, dim=1)
             return best_scores.numpy(), torch.gather(ids, 1, best).numpy()
+
+
+def check_vectors(path: str, vectors, ntotal: int, dim: int, normalized: bool, chunk_rows: int = 1 << 18) -> None:
+    """Checks a loaded vector index against its manifest: `ntotal` vectors of `dim` dimensions, intact FAISS links
+    and lists, and, for `normalized` encoders, unit-norm stored vectors (damaged bytes give norms far from 1). Raises
+    `InvalidIndexError` naming `path`.
+
+    Example:
+        >>> index = FaissIndex.create("flat", dim=2)
+        >>> index.add(np.eye(2, dtype=np.float32))
+        >>> check_vectors("index.faiss", index, ntotal=2, dim=2, normalized=True)
+    """
+    from .manifest import InvalidIndexError
+
+    if vectors.ntotal != ntotal or vectors.dim != dim:
+        raise InvalidIndexError(
+            f"{path} holds {vectors.ntotal} vectors of {vectors.dim} dimensions but the manifest says {ntotal} of {dim}: "
+            "the file is damaged or belongs to another index; rebuild the index."
+        )
+    if isinstance(vectors, FaissIndex):
+        vectors.check_structure(path)
+        matrix = vectors.flat_vectors()
+        blocks = [] if matrix is None else (matrix[i : i + chunk_rows] for i in range(0, len(matrix), chunk_rows))
+    else:
+        blocks = (
+            shard[i : i + chunk_rows].float() for shard in vectors.shards for i in range(0, len(shard), chunk_rows)
+        )
+    if not normalized:
+        return
+    for block in blocks:
+        squared = (block * block).sum(1)
+        worst = float(abs(squared - 1).max()) if len(block) else 0.0
+        if not worst < 1e-2:  # NaN fails too
+            raise InvalidIndexError(
+                f"{path}: stored vectors are not unit-length (off by {worst:.3g}) although the encoder normalises: "
+                "the file is damaged; rebuild the index."
+            )
