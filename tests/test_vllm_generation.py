@@ -184,9 +184,9 @@ def test_unmasked_observations_get_no_importance_correction(monkeypatch, tmp_pat
         # passages are trained: at most the appended final EOS is masked in a row
         masked = (batch["tool_mask"] == 0) & batch["completion_mask"].bool()
         assert (masked.sum(dim=1) <= 1).all()
+        assert batch["importance_sampling_ratio"].min().item() == pytest.approx(1.0, abs=1e-3)
         # the injected tokens carry NaN sampling logprobs, the sampled ones real values
         assert torch.isnan(batch["sampling_per_token_logps"][batch["completion_mask"].bool()]).any()
-        assert batch["importance_sampling_ratio"].min().item() == pytest.approx(1.0, abs=1e-3)
     steps = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(steps) == 2
     for entry in steps:
