@@ -81,9 +81,10 @@ class OracleGenerator:
     """A `TurnGenerator` that searches for the question once, then answers it: right for the questions in `right`,
     wrong for the others. Without a search budget (the baselines) it answers at once."""
 
-    def __init__(self, tokenizer, answers: dict[str, str], right: set[str]):
+    def __init__(self, tokenizer, answers: dict[str, str], right: set[str], stray_answer: str = ""):
         self.tokenizer, self.answers, self.right = tokenizer, answers, right
         self.eos_token_ids = [tokenizer.eos_token_id]
+        self.stray_answer = stray_answer  # written, unclosed, while thinking before the search
 
     def generate(self, contexts, max_new_tokens, stop_strings):
         turns = []
@@ -95,7 +96,7 @@ class OracleGenerator:
             if searched or "between <search>" not in text:
                 turn = f"<think>got it</think><answer> {answer} </answer>"
             else:
-                turn = f"<think>look it up</think><search> {question} </search>"
+                turn = f"<think>look it up{self.stray_answer}</think><search> {question} </search>"
             ids = self.tokenizer(turn, add_special_tokens=False)["input_ids"][:limit]
             turns.append(GeneratedTurn(token_ids=ids, stopped=len(ids) < limit or turn.endswith(tuple(stop_strings))))
         return turns
@@ -323,3 +324,20 @@ def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_di
     assert results["rollout"]["max_turns"] == 1  # given explicitly: wins over the saved value
     assert results["rollout"]["retrieval_top_k"] == 1 and results["rollout"]["max_obs_length"] == 40
     assert results["rollout"]["max_tokens_per_turn"] == 8 and results["rollout"]["max_completion_length"] == 96
+
+
+def test_evaluate_scores_the_executed_answer_not_a_span_through_the_passages(tiny_tokenizer, tmp_path):
+    """An unclosed `<answer>` while thinking used to make the scored span run through the retrieved passages to the
+    final `</answer>`: all answers right, yet EM 0."""
+    dataset = load_qa_dataset("demo", limit=4)
+    answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
+    oracle = OracleGenerator(tiny_tokenizer, answers, set(answers), stray_answer=" <answer> perhaps")
+    results = evaluate(
+        None, "demo", ["demo"], tokenizer=tiny_tokenizer, generator=oracle, limit=4, output_dir=str(tmp_path),
+        max_turns=1, progress=False,
+    )  # fmt: skip
+    _, trajectories, _ = read_outputs(tmp_path)
+    assert all("<answer> perhaps" in row["completion"] for row in trajectories)
+    assert [row["answer"] for row in trajectories] == [answers[row["question"]] for row in trajectories]
+    assert results["datasets"]["demo"]["em"] == 1.0
+    assert_consistent(results, trajectories)

@@ -130,8 +130,10 @@ def test_reward_functions_receive_the_search_extras(tmp_path, tiny_model, tiny_t
     script_model_forward(tiny_model, tiny_tokenizer, SCRIPTS)
     seen = []
 
-    def recording_reward(completions, golden_answers, num_searches, search_queries, answer_in_retrieval, **kwargs):
-        seen.append((completions, golden_answers, num_searches, search_queries, answer_in_retrieval))
+    def recording_reward(
+        completions, golden_answers, num_searches, search_queries, answer_in_retrieval, predicted_answer, **kwargs
+    ):
+        seen.append((completions, golden_answers, num_searches, search_queries, answer_in_retrieval, predicted_answer))
         return [float(n) for n in num_searches]
 
     trainer = SearchGRPOTrainer(
@@ -143,9 +145,11 @@ def test_reward_functions_receive_the_search_extras(tmp_path, tiny_model, tiny_t
         train_dataset=make_dataset(),
     )
     trainer.train()
-    completions, golds, num_searches, queries, in_retrieval = seen[0]
-    for completion, gold, n, q, found in zip(completions, golds, num_searches, queries, in_retrieval):
+    completions, golds, num_searches, queries, in_retrieval, answers = seen[0]
+    assert {answer for answer in answers} <= {"Quarnel", "Tesk", "Ostavel", "Mirr"}
+    for completion, gold, n, q, found, answer in zip(completions, golds, num_searches, queries, in_retrieval, answers):
         assert n == len(q) == completion.count("<information>")
+        assert completion.rstrip().endswith(f"<answer> {answer} </answer>")  # the answer the rollout executed
         if "Quarnel </answer>" in completion:
             assert gold == ["Quarnel"] and q == ["capital of Veldoria"] and found is True
         if n == 0:
@@ -194,6 +198,80 @@ def test_trainer_refuses_what_it_cannot_honour(tmp_path, tiny_model, tiny_tokeni
         )
     with pytest.raises(FileNotFoundError, match="trl-search index"):
         SearchGRPOTrainer(args=make_config(tmp_path), retriever=str(tmp_path), **common)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("vllm_structured_outputs_regex", r"<answer>.*</answer>"),
+        ("use_transformers_continuous_batching", True),
+        ("max_tool_calling_iterations", 3),
+        ("generation_kwargs", {"max_new_tokens": 8}),
+    ],
+)
+def test_settings_the_search_rollout_does_not_honour_are_refused_by_name(
+    tmp_path, tiny_model, tiny_tokenizer, setting, value
+):
+    args = make_config(tmp_path, **{setting: value})
+    with pytest.raises(ValueError, match=setting if setting != "generation_kwargs" else "max_new_tokens"):
+        SearchGRPOTrainer(
+            model=tiny_model,
+            processing_class=tiny_tokenizer,
+            retriever=BM25Retriever.build(CORPUS),
+            args=args,
+            train_dataset=make_dataset(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"prompt": "[s0] capital?", "answer": "Quarnel"}], "no 'golden_answers' column"),
+        ([{"question": "capital?", "golden_answers": ["Quarnel"]}], "no 'prompt' column"),
+        (
+            [{"prompt": "[s0] capital?", "golden_answers": ["Quarnel"]}, {"prompt": " ", "golden_answers": ["x"]}],
+            "row 1",
+        ),
+    ],
+)
+def test_unusable_datasets_fail_at_construction(tmp_path, tiny_model, tiny_tokenizer, rows, message):
+    with pytest.raises(ValueError, match=message):
+        SearchGRPOTrainer(
+            model=tiny_model,
+            processing_class=tiny_tokenizer,
+            retriever=BM25Retriever.build(CORPUS),
+            args=make_config(tmp_path),
+            train_dataset=Dataset.from_list(rows),
+        )
+
+
+def test_a_reward_without_golden_answers_needs_no_such_column(tmp_path, tiny_model, tiny_tokenizer):
+    def length_reward(completions, **kwargs):
+        return [float(len(completion)) for completion in completions]
+
+    trainer = SearchGRPOTrainer(
+        model=tiny_model,
+        reward_funcs=length_reward,
+        processing_class=tiny_tokenizer,
+        retriever=BM25Retriever.build(CORPUS),
+        args=make_config(tmp_path),
+        train_dataset=Dataset.from_list([{"prompt": "[s0] capital?"}] * 4),
+    )
+    assert trainer.reward_funcs[0] is length_reward
+
+
+def test_prompts_longer_than_the_context_are_warned_about(tmp_path, tiny_model, tiny_tokenizer):
+    script_model_forward(tiny_model, tiny_tokenizer, SCRIPTS)
+    tiny_model.config.max_position_embeddings = 100  # the rollout's budget (160) alone exceeds it
+    trainer = SearchGRPOTrainer(
+        model=tiny_model,
+        processing_class=tiny_tokenizer,
+        retriever=BM25Retriever.build(CORPUS),
+        args=make_config(tmp_path, max_steps=1),
+        train_dataset=make_dataset(),
+    )
+    with pytest.warns(UserWarning, match="exceed the model's context of 100 tokens"):
+        trainer.train()
 
 
 def test_a_cached_retriever_reports_its_hit_rate_each_step(tmp_path, tiny_model, tiny_tokenizer):
