@@ -289,6 +289,7 @@ def run_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_search import SearchGRPOConfig, SearchGRPOTrainer
+    from trl_search.generation import TransformersGenerator
     from trl_search.rewards import exact_match_reward
 
     corpus, dataset, tokenizer = workload
@@ -298,7 +299,7 @@ def run_trainer(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trajectories = {"sampled": [], "total": [], "searches": []}
-    if kind == "search":
+    if kind.startswith("search"):
         config = SearchGRPOConfig(
             **common_config(args, seed, output_dir), max_completion_length=args.max_completion_length,
             max_turns=args.max_turns, retrieval_top_k=3, max_obs_length=500,
@@ -314,11 +315,15 @@ def run_trainer(
         if paced.longest_turn > args.max_tokens_per_turn:
             raise SystemExit(f"--max_tokens_per_turn must be >= {paced.longest_turn} for --think_tokens.")
         pace_generate(trainer.model, paced, stats, paced, clock)
+        # Built here only to choose the cache setting; the trainer sets its model and collective flag as usual.
+        trainer._generator = TransformersGenerator(trainer.model, tokenizer, trainer.generation_config,
+                                                   eos_token_ids=trainer.eos_token_ids, reuse_cache=kind == "search")  # fmt: skip
         clock.wrap(timed_retriever, "search")
         inner_rollout = trainer.rollout_func
 
         def rollout(prompts, trainer_):
             output = inner_rollout(prompts, trainer_)
+            trainer_._generator.release()  # the rollout is over: free the kept key/value cache before training
             trajectories["sampled"] += [sum(mask) for mask in output["env_mask"]]
             trajectories["total"] += [len(ids) for ids in output["completion_ids"]]
             trajectories["searches"] += list(output["num_searches"])
@@ -346,7 +351,7 @@ def run_trainer(
     timed = clock.steps[args.warmup :] or clock.steps
     del trainer
     result = {"kind": kind, "status": status, "seed": seed, "peak_memory_gib": peak, "steps": timed}
-    if kind == "search" and trajectories["sampled"]:
+    if kind.startswith("search") and trajectories["sampled"]:
         n = len(trajectories["sampled"])
         result["sampled_tokens"] = sum(trajectories["sampled"]) / n
         result["total_tokens"] = sum(trajectories["total"]) / n
@@ -388,31 +393,31 @@ def report(results: list[dict], args) -> None:
           f"{statistics.mean(r['total_tokens'] for r in ours):.0f} in all; decode utilisation "
           f"{100 * statistics.mean(r['decode_utilisation'] for r in ours):.0f}% (sampled / rows x decode steps); "
           f"prefilled positions per step {statistics.mean(r['prefill_positions_per_step'] for r in ours):.0f}")  # fmt: skip
-    print("\n| run | tokens per completion | step s | generation s | peak GiB | ours / this (per seed) |")
-    print("|---|---|---|---|---|---|")
-    for kind, label in (
-        ("search", "ours (paced)"),
-        ("stock-sampled", "stock, = sampled"),
-        ("stock-total", "stock, = total"),
-    ):
+    print("\n| run | tokens per completion | step s | generation s | peak GiB | ours / this: step (per seed) | "
+          "ours / this: generation |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    labels = {"search": "ours (paced)", "search-no-reuse": "ours, no cache reuse", "stock-sampled": "stock, = sampled",
+              "stock-total": "stock, = total"}  # fmt: skip
+    for kind, label in labels.items():
         runs = [r for r in results if r["kind"] == kind]
         if not runs:
             continue
         ok = [r for r in runs if r["status"] == "ok"]
         if not ok:
-            print(f"| {label} | - | {runs[0]['status']} | - | - | - |")
+            print(f"| {label} | - | {runs[0]['status']} | - | - | - | - |")
             continue
         step = statistics.mean(median_phases(r)["step"] for r in ok)
         generation = statistics.mean(median_phases(r)["generation"] for r in ok)
         tokens = statistics.mean(r["total_tokens"] for r in ok)
         peak = "-" if ok[0]["peak_memory_gib"] is None else f"{max(r['peak_memory_gib'] for r in ok):.1f}"
-        ratios = []
+        ratios, generation_ratios = [], []
         for r in ok:
             mine = next((o for o in ours if o["seed"] == r["seed"]), None)
             if mine is not None and kind != "search":
                 ratios.append(median_phases(mine)["step"] / median_phases(r)["step"])
+                generation_ratios.append(median_phases(mine)["generation"] / median_phases(r)["generation"])
         ratio = ", ".join(f"{x:.2f}x" for x in ratios) if ratios else "-"
-        print(f"| {label} | {tokens:.0f} | {step:.3f} | {generation:.3f} | {peak} | {ratio} |")
+        generation_ratio = ", ".join(f"{x:.2f}x" for x in generation_ratios) if ratios else "-"
+        print(f"| {label} | {tokens:.0f} | {step:.3f} | {generation:.3f} | {peak} | {ratio} | {generation_ratio} |")
 
 
 def parse_args(argv=None):
@@ -427,7 +432,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--think_tokens", type=int, nargs=2, default=[40, 150])
     parser.add_argument("--searches", type=int, nargs=2, default=[2, 3])
-    parser.add_argument("--passage_words", type=int, default=75, help="~100 tokens with the benchmark's tokenizer")
+    parser.add_argument("--passage_words", type=int, default=100, help="~100 tokens with the benchmark's tokenizer")
     parser.add_argument("--max_turns", type=int, default=4)
     parser.add_argument("--max_tokens_per_turn", type=int, default=200)
     parser.add_argument("--max_completion_length", type=int, default=2048)
@@ -437,6 +442,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory_fraction", type=float, default=None,
                         help="cap this process's GPU memory (e.g. 24 GB of a 141 GB card: 0.17)")  # fmt: skip
     parser.add_argument("--no_stock", action="store_true", help="time our trainer only")
+    parser.add_argument("--compare_reuse", action="store_true",
+                        help="also time our trainer with the key/value cache rebuilt every turn (reuse_cache=False)")  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: on a shared machine, spinning threads make small ops 10x slower)")  # fmt: skip
@@ -465,7 +472,13 @@ def main(argv=None) -> list[dict]:
         results.append(ours)
         print(f"[seed {seed}] ours: {ours['status']}, {median_phases(ours)['step']:.3f} s/step" if ours["steps"] else
               f"[seed {seed}] ours: {ours['status']}", flush=True)  # fmt: skip
-        if args.no_stock or ours["status"] != "ok":
+        if ours["status"] != "ok":
+            continue
+        if args.compare_reuse:
+            plain = run_trainer("search-no-reuse", args, workload, retriever, model, seed)
+            results.append(plain)
+            print(f"[seed {seed}] ours without cache reuse: {plain['status']}", flush=True)
+        if args.no_stock:
             continue
         for kind, tokens in (("stock-sampled", ours["sampled_tokens"]), ("stock-total", ours["total_tokens"])):
             stock = run_trainer(kind, args, workload, retriever, model, seed, completion_length=max(1, round(tokens)))

@@ -5,6 +5,7 @@ transformers one. The vLLM backends live in `vllm_generation.py`.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,8 +57,22 @@ class _TurnStopRecorder:
         return done
 
 
+@dataclass
+class _CachedRow:
+    """One row of the key/value cache kept from the last call: the tokens whose keys and values it holds."""
+
+    tokens: list[int]  # the row's context and the turn it generated, as returned
+    cached: int  # how many of `tokens` the cache holds (the last sampled token is never fed back)
+    offset: int  # cache position of tokens[0] (the left padding before it)
+
+
 class TransformersGenerator:
     """Per-turn generation with `transformers` `generate`, real stop strings and per-row token limits.
+
+    With `reuse_cache=True` (the default), the key/value cache of one call is kept for the next: a context that
+    extends a row of the previous call (the same turn's trajectory plus an observation) prefills only its new tokens
+    instead of the whole context. Outputs are the same tokens either way. Call `release()` when the rollout ends to
+    free the cache; assigning `model` (a new rollout, new weights) releases it too.
 
     Example:
         >>> from transformers import GenerationConfig
@@ -65,10 +80,20 @@ class TransformersGenerator:
         >>> generator.generate([tokenizer("Question:")["input_ids"]], [32], ["</search>", "</answer>"])  # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, generation_config, eos_token_ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation_config,
+        eos_token_ids: Sequence[int] | None = None,
+        reuse_cache: bool = True,
+    ):
         from transformers.generation.stopping_criteria import EosTokenCriteria
 
+        self._cache = None
+        self._cached_rows: list[_CachedRow] = []
         self.model = model
+        self.reuse_cache = reuse_cache
         self.tokenizer = tokenizer
         self.generation_config = copy.deepcopy(generation_config)
         self.generation_config.stop_strings = None  # stop strings are handled by the recorder below
@@ -88,6 +113,20 @@ class TransformersGenerator:
         # gathered parameters the forward is local, and `synced_gpus` must be off: transformers turns it on under
         # ZeRO-3 by itself, and a busy rank would then wait in an all_reduce for a rank that has no work.
         self.collective_forward = False
+
+    @property
+    def model(self):
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        self.release()  # a cache computed with other weights must never be reused
+        self._model = model
+
+    def release(self) -> None:
+        """Frees the key/value cache kept for the next turn."""
+        self._cache = None
+        self._cached_rows = []
 
     def _stop_string_criterion(self, stop_strings: Sequence[str]):
         from transformers.generation.stopping_criteria import StopStringCriteria
@@ -117,19 +156,27 @@ class TransformersGenerator:
         pad_id = self.generation_config.pad_token_id
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in contexts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts], device=device)
+        cache = self._reusable_cache(contexts, width) if self.reuse_cache else None
+        if cache is None and self.reuse_cache:
+            cache = self._new_cache()
+        self.release()
         criteria = [self._eos_criterion]
         if stop_strings:
             criteria.append(self._stop_string_criterion(stop_strings))
         recorder = _TurnStopRecorder(criteria, width, list(max_new_tokens), device)
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens = max(max_new_tokens)
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([recorder]),
-            synced_gpus=self.collective_forward,
-        )
+        with warnings.catch_warnings():
+            # newer transformers call it `cache`; `past_key_values` works in every 5.x release
+            warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([recorder]),
+                synced_gpus=self.collective_forward,
+                **({"past_key_values": cache} if cache is not None else {}),
+            )
         new_tokens = output[:, width:].tolist()
         stop_length = recorder.stop_length.tolist()
         stopped = recorder.stopped_on_tag.tolist()
@@ -137,4 +184,83 @@ class TransformersGenerator:
         for row, tokens in enumerate(new_tokens):
             length = stop_length[row] if stop_length[row] >= 0 else min(len(tokens), max_new_tokens[row])
             turns.append(GeneratedTurn(token_ids=tokens[:length], logprobs=None, stopped=stopped[row]))
+        if cache is not None:
+            self._keep_cache(cache, contexts, turns, width)
         return turns
+
+    # --- key/value cache reuse across turns ---------------------------------------------------------------------
+    # A row's cache holds keys and values at the positions transformers gave them: left padding is masked out and
+    # position ids count only real tokens. So a row's cached tokens can move to another cache position (to line up
+    # with the next call's left padding) without being recomputed.
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        # Only plain full-attention layers can be cut and moved row by row.
+        if any(getattr(cache, "is_sliding", [False])) or any(getattr(cache, "is_linear", [False])):
+            return None
+        return cache
+
+    def _keep_cache(self, cache, contexts: list[list[int]], turns: list[GeneratedTurn], width: int) -> None:
+        positions = cache.get_seq_length()
+        if positions == 0 or any(layer.keys is None for layer in cache.layers):
+            return
+        self._cache = cache
+        self._cached_rows = [
+            _CachedRow(
+                tokens=ids + turn.token_ids,
+                cached=min(len(ids) + len(turn.token_ids), len(ids) + positions - width),
+                offset=width - len(ids),
+            )
+            for ids, turn in zip(contexts, turns)
+        ]
+
+    def _match_rows(self, contexts: list[list[int]]) -> list[tuple[int, int]] | None:
+        """For each context, (cached row, tokens reusable), in order: the rollout keeps its samples' order and drops
+        finished ones. None if some context extends no cached row."""
+        matches, row = [], 0
+        for ids in contexts:
+            while row < len(self._cached_rows):
+                cached = self._cached_rows[row]
+                reusable = min(cached.cached, len(ids) - 1)  # keep one token to feed: it yields the next logits
+                if reusable > 0 and ids[:reusable] == cached.tokens[:reusable]:
+                    matches.append((row, reusable))
+                    row += 1
+                    break
+                row += 1
+            else:
+                return None
+        return matches
+
+    def _reusable_cache(self, contexts: list[list[int]], width: int):
+        """The last call's cache rearranged for these contexts, or None when it cannot serve them."""
+        if self._cache is None:
+            return None
+        matches = self._match_rows(contexts)
+        if matches is None:
+            return None
+        # Positions below `common` hold, in every row, padding or reused tokens: they come from the old cache.
+        common = min(width - len(ids) + reusable for ids, (_, reusable) in zip(contexts, matches))
+        if common <= 0:
+            return None
+        from transformers import DynamicCache
+
+        old = self._cache.layers[0].keys
+        rows = torch.tensor([row for row, _ in matches], device=old.device)
+        index = torch.empty((len(contexts), common), dtype=torch.long)
+        for i, (ids, (row, _)) in enumerate(zip(contexts, matches)):
+            pad = width - len(ids)
+            # padded positions take any old position (masked out); the others their token's old position
+            index[i] = torch.clamp(torch.arange(common) - pad, min=0) + self._cached_rows[row].offset
+        index = index.to(old.device)
+
+        def move(tensor):
+            selected = tensor.index_select(0, rows)
+            heads, dim = selected.shape[1], selected.shape[3]
+            return torch.gather(selected, 2, index[:, None, :, None].expand(-1, heads, -1, dim))
+
+        return DynamicCache(
+            ddp_cache_data=[(move(layer.keys), move(layer.values)) for layer in self._cache.layers],
+            config=self.model.config,
+        )
