@@ -36,8 +36,9 @@ class SearchScriptArguments:
             corpus (indexed with BM25 at start-up) or `demo`.
         datasets: comma-separated QA sets of the training mix (`nq,hotpotqa` is the paper's).
         data_dir: a local copy of FlashRAG's QA sets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
-        prompt_style: `base` (plain-text prompt) or `instruct` (the prompt as a user message through the chat
-            template).
+        prompt_style: `auto` (Search-R1's pipeline: the prompt as a user message through the chat template whenever
+            the tokenizer has one, base models included), `chat` (always the chat template) or `text` (plain text).
+            The format used is saved with the model (`search_config.json`), and `trl-search eval` uses it.
         demo: build a tiny model and tokenizer on the fly and train on the shipped demo data (offline, CPU).
     """
 
@@ -52,10 +53,11 @@ class SearchScriptArguments:
     )
     limit_per_source: int | None = field(default=None, metadata={"help": "Keep at most this many rows per QA set."})
     prompt_style: str = field(
-        default="base",
+        default="auto",
         metadata={
-            "help": "'base': plain-text prompt; 'instruct': the prompt as a user message through the chat template.",
-            "choices": ["base", "instruct"],
+            "help": "'auto': as Search-R1's pipeline, the prompt as a user message through the chat template whenever "
+            "the tokenizer has one (base models included); 'chat': always; 'text': a plain-text prompt.",
+            "choices": ["auto", "chat", "text"],
         },
     )
     prompt_template_file: str | None = field(
@@ -69,8 +71,8 @@ class SearchScriptArguments:
     demo_num_layers: int = field(default=2, metadata={"help": "Layers of the tiny demo model."})
 
     def __post_init__(self):
-        if self.prompt_style not in ("base", "instruct"):
-            raise ValueError(f"--prompt_style must be 'base' or 'instruct', got {self.prompt_style!r}.")
+        if self.prompt_style not in ("auto", "chat", "text"):
+            raise ValueError(f"--prompt_style must be 'auto', 'chat' or 'text', got {self.prompt_style!r}.")
         if not self.datasets.strip():
             raise ValueError("--datasets needs at least one QA set, e.g. --datasets nq,hotpotqa.")
 
@@ -120,12 +122,19 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    if script_args.prompt_style == "auto":  # Search-R1: the chat template whenever the tokenizer has one
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        conversational = getattr(tokenizer, "chat_template", None) is not None
+    else:
+        conversational = script_args.prompt_style == "chat"
     dataset = make_training_mix(
         [name.strip() for name in script_args.datasets.split(",") if name.strip()],
         split=script_args.train_split,
         path=script_args.data_dir,
         template=template,
-        conversational=script_args.prompt_style == "instruct",
+        conversational=conversational,
         seed=training_args.seed,
         limit_per_source=script_args.limit_per_source,
     )

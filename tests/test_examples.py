@@ -35,6 +35,8 @@ def check_trained(runs, out):
         and settings["retriever"]["class"] == "BM25Retriever"
     )
     assert "{question}" in settings["prompt_template"]
+    # prompt_style auto, as Search-R1: the tokenizer has a chat template, so prompts went through it; saved for eval
+    assert settings["prompt_format"] == "conversational"
 
 
 @pytest.mark.slow
@@ -74,7 +76,9 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     if name == "demo.yaml":
         assert script_args.demo and training_args.max_turns == 2
         return
-    # the paper's settings (DESIGN.md section 1), 512 prompts per optimizer step on 8 GPUs
+    # the paper's settings (DESIGN.md section 1), 512 prompts per optimizer step on 8 GPUs; prompts formatted as
+    # Search-R1's pipeline does (the chat template whenever the tokenizer has one)
+    assert script_args.prompt_style == "auto"
     assert model_args.model_name_or_path.startswith("Qwen/Qwen2.5-") and script_args.datasets == "nq,hotpotqa"
     assert (training_args.learning_rate, training_args.beta, training_args.temperature) == (1e-6, 0.001, 1.0)
     assert (training_args.num_generations, training_args.max_turns, training_args.retrieval_top_k) == (5, 4, 3)
