@@ -312,6 +312,7 @@ class BatchingSearcher:
         self.dropped_queries = 0
         self.refused_requests = 0
         self.queued = 0  # queries submitted but not yet handed to a batch
+        self.searching = 0  # queries in batches being searched
         self.arriving = 0  # requests being received, not yet submitted (a batch may wait for them)
         self._jobs: collections.deque[SearchJob] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -402,6 +403,7 @@ class BatchingSearcher:
                 continue
             if self._jobs:
                 self._wake.set()  # more queued: the next batch forms as soon as a search slot frees up
+            self.searching += sum(end - start for _, start, end in batch)
             future = loop.run_in_executor(self._executor, self._search, batch)
             future.add_done_callback(lambda done, batch=batch: self._finish(batch, done))
 
@@ -434,6 +436,7 @@ class BatchingSearcher:
 
     def _finish(self, batch, done: asyncio.Future) -> None:
         self._slots.release()
+        self.searching -= sum(end - start for _, start, end in batch)
         self._wake.set()
         error = done.exception()
         results = [(job, start, error) for job, start, _ in batch] if error else done.result()
@@ -628,6 +631,7 @@ class RetrievalServer:
                 "searches": batcher.searches,
                 "queries": batcher.queries,
                 "queued_queries": batcher.queued,
+                "searching_queries": batcher.searching,
                 "dropped_queries": batcher.dropped_queries,
                 "refused_requests": batcher.refused_requests,
                 "limits": {key: value for key, value in asdict(config).items() if key != "token"},
