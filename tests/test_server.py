@@ -1,6 +1,7 @@
 """The /retrieve server over real loopback HTTP: Search-R1's contract, batching, limits, auth, failures, restarts."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -224,13 +225,110 @@ def test_passage_from_search_r1_bm25_documents():
         passage_from_document(["not", "a", "dict"])
 
 
+def _serve_raw(answers):
+    """A loopback socket server answering each connection with the next raw bytes of `answers`, then closing."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def run():
+        for answer in answers:
+            connection, _ = listener.accept()
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(
+                        b":"
+                    )[1]
+                )
+                while len(body) < length:
+                    body += connection.recv(65536)
+                served.append(body)
+                connection.sendall(answer)
+        listener.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/retrieve", served
+
+
+def test_answer_cut_short_is_retried():
+    """A server killed between the headers and the body of its answer (what made the kill/restart test flaky: the
+    client raised requests' ChunkedEncodingError instead of retrying) is retried like a dropped connection."""
+    body = b'{"result": [[{"document": {"id": "1", "contents": "\\"T\\"\\nx"}, "score": 1.0}]]}'
+    cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    url, served = _serve_raw([cut + body[:10], cut + body])
+    hits = RemoteRetriever(url, retries=1, backoff=0.01).search(["q"], 1)
+    assert hits[0][0].contents == '"T"\nx' and len(served) == 2
+
+
+def test_503_retry_after_is_honoured():
+    body = b'{"result": [[]]}'
+    busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    url, served = _serve_raw([busy, ok])
+    started = time.perf_counter()
+    assert RemoteRetriever(url, retries=1, backoff=0.01).search(["q"], 1) == [[]]
+    assert time.perf_counter() - started >= 1.0 and len(served) == 2
+
+
+def test_retry_options_from_arguments_and_url():
+    from trl_search.retrievers import load_retriever
+
+    remote = load_retriever("http://127.0.0.1:8000/retrieve?retries=20&timeout=30&backoff=0.1")
+    assert (remote.url, remote.retries, remote.timeout, remote.backoff) == (
+        "http://127.0.0.1:8000/retrieve",
+        20,
+        30,
+        0.1,
+    )
+    assert RemoteRetriever("http://h:1/retrieve", retries=2).retries == 2
+    # The default rides out a server restart of 30 s: the waits between its attempts add up to more.
+    default = RemoteRetriever("http://h:1/retrieve")
+    waits = [min(default.backoff * 2**attempt, default.max_backoff) for attempt in range(default.retries)]
+    assert sum(waits) > 30
+    with pytest.raises(ValueError, match="Unknown option 'retires'.*known: retries, timeout"):
+        RemoteRetriever("http://h:1/retrieve?retires=20")
+    with pytest.raises(ValueError, match="retries=many.*must be a int"):
+        RemoteRetriever("http://h:1/retrieve?retries=many")
+    with pytest.raises(ValueError, match="given both"):
+        RemoteRetriever("http://h:1/retrieve?retries=3", retries=4)
+    with pytest.raises(ValueError, match="retries, backoff and max_backoff must be >= 0"):
+        RemoteRetriever("http://h:1/retrieve", retries=-1)
+
+
+def test_clamped_topk_is_warned_once(bm25):
+    with ServerThread(bm25, config=ServerConfig(default_topk=1, max_topk=2)) as server:
+        client = RemoteRetriever(server.url)
+        with pytest.warns(UserWarning, match="requested=5; served=2.*--max-topk"):
+            assert len(client.search(["cave cheese Ostavel mountain"], k=5)[0]) <= 2
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            client.search(["cave cheese"], k=5)
+
+
 # ----- a real server process: killed mid-run, then restarted --------------------------------------------------
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so that while the server is down no outgoing connection (from
+    this test's own retries or any other process) can be given that port, which would make the restart fail."""
+    low = (
+        int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        if os.path.exists("/proc/sys/net/ipv4/ip_local_port_range")
+        else 32768
+    )
+    for port in random.Random(os.getpid()).sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _start_server(index_dir, port):
@@ -244,9 +342,9 @@ def _start_server(index_dir, port):
         if process.poll() is not None:
             raise RuntimeError(process.stderr.read().decode())
         try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                 return process
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or slow to answer on a loaded machine
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not start")
@@ -284,6 +382,7 @@ def test_server_killed_mid_run_then_restarted(bm25, tmp_path):
         error = failures[0]
         assert isinstance(error, RetrieverUnavailableError)
         assert url in str(error) and "3 attempts" in str(error) and "trl-search serve" in str(error)
+        assert "retries=N" in str(error)  # names the option that makes it wait longer
 
         process = _start_server(tmp_path / "index", port)
         # The same client (and its keep-alive pool) recovers once the server is back.
