@@ -264,8 +264,12 @@ def load_npy(path: str, mmap: bool = False) -> np.ndarray:
     """
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise InvalidIndexError(f"{path}: this array file is damaged ({error}).") from None
+    except Exception as error:  # numpy's header parser raises several types (ValueError, TokenError, SyntaxError...)
+        # numpy's own message for a damaged header talks about pickles, which misleads: say what is wrong.
+        raise InvalidIndexError(
+            f"{path}: this array file is damaged (its .npy header cannot be read: {type(error).__name__}); rebuild "
+            "the index."
+        ) from None
 
 
 def check_array(path: str, array: np.ndarray, dtypes: tuple[str, ...], shape: tuple[int, ...]) -> None:

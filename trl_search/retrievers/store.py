@@ -155,8 +155,12 @@ class PassageStore(Sequence):
         start, end = self._spans[index]
         try:
             return passage_from_record(json.loads(self._data[int(start) : int(end)]))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{self.path}: row {index} is not valid JSON ({error}).") from error
+        except ValueError as error:  # bad JSON, bad UTF-8, or a row without id/contents
+            from .manifest import InvalidIndexError
+
+            raise InvalidIndexError(
+                f"{self.path}: row {index} is damaged ({error}); rebuild the index (or check it with verify=True)."
+            ) from None
 
     def get(self, index: int, score: float) -> Passage:
         """Row `index` as a `Passage` carrying `score`."""

@@ -350,7 +350,8 @@ def check_vectors(path: str, vectors, ntotal: int, dim: int, normalized: bool, c
     if not normalized:
         return
     for block in blocks:
-        squared = (block * block).sum(1)
+        with np.errstate(over="ignore", invalid="ignore"):  # damaged bytes may hold huge values or NaN
+            squared = (block * block).sum(1)
         worst = float(abs(squared - 1).max()) if len(block) else 0.0
         if not worst < 1e-2:  # NaN fails too
             raise InvalidIndexError(
