@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 
@@ -80,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trl_search.indexing import exit_cleanly_on_signals
+    from trl_search.indexing import Interrupted, exit_cleanly_on_signals
     from trl_search.retrievers.corpus import CorpusError
     from trl_search.retrievers.manifest import InvalidIndexError
 
@@ -93,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except KeyboardInterrupt:
             print("trl-search index: interrupted; temporary files removed.", file=sys.stderr)
+            # Die of SIGINT, as interrupted programs should (a calling shell loop stops too).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
             return 130
+        except Interrupted:
+            print("trl-search index: terminated; temporary files removed.", file=sys.stderr)
+            raise
 
 
 def _run(args: argparse.Namespace) -> int:
