@@ -67,7 +67,8 @@ def test_mask_covers_exactly_the_injected_tokens(tiny_tokenizer, retriever):
 
     passages = retriever.inner.search(["capital of Veldoria"], k=2)[0]
     body = rollout.protocol.render_passages(passages)
-    observation = rollout._open_ids + encode(tiny_tokenizer, body) + rollout._close_ids
+    opening, closing = rollout.protocol.frame(1)
+    observation = opening + encode(tiny_tokenizer, body) + closing
     turn1_ids, turn2_ids = encode(tiny_tokenizer, turn1), encode(tiny_tokenizer, turn2)
     assert sample.completion_ids == turn1_ids + observation + turn2_ids + [tiny_tokenizer.eos_token_id]
     expected_mask = [1] * len(turn1_ids) + [0] * len(observation) + [1] * len(turn2_ids) + [0]
@@ -138,7 +139,7 @@ def test_invalid_action_gets_masked_feedback_and_the_sample_goes_on(tiny_tokeniz
     rollout = make_rollout(retriever, tiny_tokenizer, max_tokens_per_turn=len(encode(tiny_tokenizer, rambling)))
     sample = rollout.run([prompt], generator).samples[0]
     rambling_ids = encode(tiny_tokenizer, rambling)
-    feedback = rollout._feedback_ids
+    feedback = rollout.protocol.feedback_ids("")
     assert sample.num_invalid == 1 and sample.answered
     assert sample.completion_ids[: len(rambling_ids) + len(feedback)] == rambling_ids + feedback
     assert sample.env_mask[: len(rambling_ids) + len(feedback)] == [1] * len(rambling_ids) + [0] * len(feedback)

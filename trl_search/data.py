@@ -47,6 +47,13 @@ RAG_PROMPT_TEMPLATE = (
     "<answer> and </answer>, like <answer> Ada Lovelace </answer>.\n"
     "Question: {question}\n"
 )
+# For search_protocol="tool_call": the `search` tool itself reaches the model through its chat template; the prompt
+# only asks for its use and for a short final answer (the reward reads the final assistant message).
+TOOL_CALL_PROMPT_TEMPLATE = (
+    "Answer the question below. Call the search tool whenever a fact is missing, as many times as you need, and "
+    "reason about what it returns. When you are sure, reply with only the final answer, a few words at most.\n"
+    "Question: {question}\n"
+)
 
 
 def make_search_prompt(
@@ -85,11 +92,13 @@ def tokenize_prompts(
     tokenizer,
     chat_template_kwargs: dict | None = None,
     chat_template: str | None = None,
+    tools: list[dict] | None = None,
 ) -> list[list[int]]:
     """Tokenises prompts as TRL's `GRPOTrainer` does: conversations through the chat template with the generation
     prompt, plain strings with the tokenizer (including its own special tokens, such as a BOS). The trainer and the
     evaluation both call it, so a model is evaluated on exactly the tokens it was trained on. `chat_template`
-    overrides the tokenizer's template (as TRL's `chat_template_path` does).
+    overrides the tokenizer's template (as TRL's `chat_template_path` does); `tools` (JSON schemas) are shown to
+    the model through the chat template (the `tool_call` search protocol's `search` tool).
 
     Example:
         >>> tokenize_prompts([[{"role": "user", "content": "Who founded Brantis?"}]], tokenizer)  # doctest: +SKIP
@@ -99,9 +108,15 @@ def tokenize_prompts(
     if not prompts:
         return []
     conversational = [isinstance(prompt, list) for prompt in prompts]
+    if tools and not all(conversational):
+        raise ValueError(
+            "Tool calls go through the chat template: give conversational prompts ([{'role': 'user', 'content': ...}]), "
+            "e.g. make_search_prompt(question, TOOL_CALL_PROMPT_TEMPLATE, conversational=True)."
+        )
     if all(conversational):
         encoded = tokenizer.apply_chat_template(
             prompts,
+            tools=tools,
             chat_template=chat_template,
             add_generation_prompt=True,
             tokenize=True,

@@ -22,24 +22,18 @@ from .data import (
     PAPER_DATASETS,
     QA_DATASETS,
     RAG_PROMPT_TEMPLATE,
+    TOOL_CALL_PROMPT_TEMPLATE,
     load_qa_dataset,
     make_search_prompt,
     tokenize_prompts,
 )
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
+from .rollout import RolloutSettings
 
 
 logger = logging.getLogger(__name__)
 
 BASELINES = (None, "direct", "rag")
-# The paper's rollout limits, used for what neither the caller nor the model's saved search settings give.
-PAPER_ROLLOUT = {
-    "max_turns": 4,
-    "retrieval_top_k": 3,
-    "max_obs_length": 500,
-    "max_tokens_per_turn": 500,
-    "max_completion_length": 2048,
-}
 # name in results.json -> row label in results.md, in display order
 METRICS = {
     "em": "EM",
@@ -175,7 +169,9 @@ def summarize(trajectories: Sequence[dict]) -> dict:
             for record in trajectories
         ),
         "answered": _mean(float(record["answered"]) for record in trajectories),
-        "format_valid": _mean(float(record["format_valid"]) for record in trajectories),
+        "format_valid": _mean(
+            None if record["format_valid"] is None else float(record["format_valid"]) for record in trajectories
+        ),
         "completion_tokens": _mean(record["completion_tokens"] for record in trajectories),
     }
 
@@ -215,21 +211,21 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _score(sample, text: str, golds: list[str], rag_retrieved: bool | None, baseline) -> dict:
+def _score(sample, text: str, golds: list[str], rag_retrieved: bool | None, baseline, tags: bool = True) -> dict:
     if baseline == "rag":
         retrieved = rag_retrieved
     elif baseline == "direct":
         retrieved = None
     else:  # searching mode: a question never searched has not retrieved its answer
         retrieved = bool(sample.answer_in_retrieval)
-    format_error = validate_sequence(text)
+    format_error = validate_sequence(text) if tags else None  # the tag grammar; tool calls are parsed by TRL
     answer = [sample.predicted_answer]  # exactly what the rollout executed, as in training
     return {
         "answer": sample.predicted_answer,
         "em": exact_match_reward([text], [golds], predicted_answer=answer)[0],
         "f1": f1_reward([text], [golds], predicted_answer=answer)[0],
         "cover_em": cover_exact_match_reward([text], [golds], predicted_answer=answer)[0],
-        "format_valid": format_error is None,
+        "format_valid": format_error is None if tags else None,
         "format_error": format_error,
         "num_searches": sample.num_searches,
         "queries": list(sample.queries),
@@ -260,6 +256,7 @@ def evaluate(
     max_obs_length: int | None = None,
     max_tokens_per_turn: int | None = None,
     max_completion_length: int | None = None,
+    protocol: str | None = None,
     prompt_template: str | None = None,
     conversational: bool | None = None,
     chat_template_kwargs: dict | None = None,
@@ -283,9 +280,10 @@ def evaluate(
         data_dir: local copy of the datasets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
         split, limit: which split (default test, else dev) and how many questions per dataset.
         output_dir: where to write `results.json`, `results.md` and `trajectories.jsonl` (nothing written if None).
-        max_turns, retrieval_top_k, max_obs_length, max_tokens_per_turn, max_completion_length: rollout limits. Left as None,
+        max_turns, retrieval_top_k, max_obs_length, max_tokens_per_turn, max_completion_length, protocol: the rollout
+            (`RolloutSettings`; `protocol` is `"tags"` or `"tool_call"`). Left as None,
             they come from the `search_config.json` saved with a trl-search model (so a checkpoint is evaluated as
-            it was trained), else the paper's values (`PAPER_ROLLOUT`). The saved prompt template, prompt format and
+            it was trained), else the paper's values (`RolloutSettings`' defaults). The saved prompt template, format and
             chat-template arguments are used the same way.
         prompt_template: overrides the template of the mode (`DEFAULT_PROMPT_TEMPLATE`, `DIRECT_PROMPT_TEMPLATE`,
             `RAG_PROMPT_TEMPLATE`).
@@ -322,12 +320,13 @@ def evaluate(
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
     # What is not given explicitly comes from the settings saved with the model, else the paper's values.
     saved = _saved_search_settings(model_name) if model_name is not None else None
-    limits = {"max_turns": max_turns, "retrieval_top_k": retrieval_top_k, "max_obs_length": max_obs_length}
-    limits.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
-    limits = {
-        key: value if value is not None else (saved or {}).get(key, PAPER_ROLLOUT[key])
-        for key, value in limits.items()
-    }
+    explicit = {"max_turns": max_turns, "retrieval_top_k": retrieval_top_k, "max_obs_length": max_obs_length}
+    explicit.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
+    explicit.update(protocol=protocol, mask_retrieved_tokens=True)
+    if baseline is not None:
+        explicit.update(max_turns=0, protocol="tags")  # the baselines answer in one turn, from the prompt
+    # The one place rollout settings are decided: the paper's defaults, then the model's own, then the caller's.
+    settings = RolloutSettings.merged(saved, explicit)
     if saved is not None:
         if conversational is None and saved.get("prompt_format"):
             conversational = saved["prompt_format"] == "conversational"
@@ -335,6 +334,8 @@ def evaluate(
             chat_template_kwargs = saved.get("chat_template_kwargs") or None
         if prompt_template is None and baseline is None:
             prompt_template = saved.get("prompt_template")
+    if prompt_template is None and settings.protocol == "tool_call":
+        prompt_template = TOOL_CALL_PROMPT_TEMPLATE
     if prompt_template is None:
         prompt_template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}
         prompt_template = prompt_template[baseline]
@@ -350,13 +351,8 @@ def evaluate(
     if generator is None:
         generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
     if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
-        conversational = getattr(tokenizer, "chat_template", None) is not None
-    # Observations are rendered as the model saw them in training (search_config.json), else as Search-R1 does.
-    observation_format = (saved or {}).get("observation_format", "search_r1")
-    settings = {"protocol": "tags", "observation_format": observation_format, **limits, "mask_retrieved_tokens": True}
-    if baseline is not None:
-        settings["max_turns"] = 0  # the baselines answer in one turn
-    rollout = SearchRollout(retriever, tokenizer, **settings)
+        conversational = getattr(tokenizer, "chat_template", None) is not None or settings.protocol == "tool_call"
+    rollout = SearchRollout(retriever, tokenizer, settings, chat_template_kwargs=chat_template_kwargs)
     run_info = {
         "label": label or (baseline or "search"),
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -364,7 +360,7 @@ def evaluate(
         "prompt_template": prompt_template,
         "conversational": conversational,
         "chat_template_kwargs": chat_template_kwargs,
-        "rollout": settings,
+        "rollout": settings.to_dict(),
         "generation": {
             "do_sample": False,
             "batch_size": batch_size,
@@ -394,7 +390,7 @@ def evaluate(
                     tokenizer,
                     retriever,
                     baseline,
-                    limits["retrieval_top_k"],
+                    settings.retrieval_top_k,
                     prompt_template,
                     conversational,
                     chat_template_kwargs,
@@ -446,7 +442,9 @@ def _evaluate_batch(
         make_search_prompt(question, template, conversational, passages=text)
         for question, text in zip(questions, passages)
     ]
-    output = rollout.run(tokenize_prompts(prompts, tokenizer, chat_kwargs), generator, golden_answers=golds)
+    protocol = rollout.protocol  # tool calls: the search tool, and the template its tool turns render with
+    prompt_ids = tokenize_prompts(prompts, tokenizer, chat_kwargs, protocol.chat_template, tools=protocol.tools)
+    output = rollout.run(prompt_ids, generator, golden_answers=golds)
     records = []
     for index, sample in enumerate(output.samples):
         text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
@@ -456,7 +454,7 @@ def _evaluate_batch(
             "question": questions[index],
             "golden_answers": golds[index],
             "completion": text,
-            **_score(sample, text, golds[index], rag_retrieved[index], baseline),
+            **_score(sample, text, golds[index], rag_retrieved[index], baseline, protocol.name == "tags"),
         }
         if baseline == "rag":
             record["prompt_passages"] = passages[index]

@@ -30,24 +30,17 @@ def search_settings(args, retriever=None, prompt_format: str | None = None) -> d
         ('tags', 4, 3)
     """
     from . import __version__
-    from .protocols import get_protocol
+    from .protocols import PROTOCOLS
 
-    protocol = get_protocol(args.search_protocol)
+    settings = args.rollout_settings.to_dict()
     return {
         "settings_version": SETTINGS_VERSION,
         "trl_search_version": __version__,
-        "protocol": args.search_protocol,
-        "stop_strings": list(protocol.stop_strings),
-        "observation_format": protocol.observation_format,
+        **settings,
+        "stop_strings": list(PROTOCOLS[args.search_protocol].stop_strings),
         "prompt_template": args.prompt_template,
         "prompt_format": prompt_format,
         "chat_template_kwargs": dict(args.chat_template_kwargs or {}),
-        "max_turns": args.max_turns,
-        "retrieval_top_k": args.retrieval_top_k,
-        "max_obs_length": args.max_obs_length,
-        "max_tokens_per_turn": args.max_tokens_per_turn,
-        "max_completion_length": args.max_completion_length,
-        "mask_retrieved_tokens": args.mask_retrieved_tokens,
         "retriever": retriever.describe() if retriever is not None else None,
     }
 

@@ -21,12 +21,21 @@ _ANY_TAG = re.compile(r"<\s*(/?)\s*(think|search|information|answer)\s*>", re.IG
 class Action:
     """What the policy did in one turn.
 
-    `kind` is `"search"` (with `content` the query), `"answer"` (with `content` the answer), `"eos"` (stopped on its
-    own), `"invalid"` (a turn that ended with neither a well-formed tag nor EOS) or `"truncated"` (ran out of tokens).
+    `kind` is `"search"` (with `queries`, one or several run in parallel; `content` is the first), `"answer"` (with
+    `content` the answer), `"eos"` (stopped on its own), `"invalid"` (a turn that ended with no well-formed action;
+    `error` says what was wrong) or `"truncated"` (ran out of tokens).
     """
 
     kind: Literal["search", "answer", "eos", "invalid", "truncated"]
     content: str = ""
+    queries: tuple[str, ...] = ()
+    error: str = ""
+
+    def __post_init__(self):
+        if self.kind == "search" and not self.queries:
+            object.__setattr__(self, "queries", (self.content,))
+        if self.kind == "search" and not self.content:
+            object.__setattr__(self, "content", self.queries[0])
 
 
 def neutralize_tags(text: str) -> str:
@@ -72,7 +81,7 @@ class TagsProtocol:
     Example:
         >>> protocol = TagsProtocol()
         >>> protocol.parse_action("<think>need the capital</think><search> capital of France </search>")
-        Action(kind='search', content='capital of France')
+        Action(kind='search', content='capital of France', queries=('capital of France',), error='')
         >>> protocol.render_observation([Passage("1", "Paris", "Paris is the capital of France.", 1.0)])
         '\\n\\n<information>Doc 1(Title: "Paris") Paris is the capital of France.</information>\\n\\n'
     """
@@ -84,12 +93,16 @@ class TagsProtocol:
     # are evaluated as they were trained (their search_config.json predates `observation_format`).
     OBSERVATION_FORMATS = ("search_r1", "legacy")
 
-    def __init__(self, observation_format: str = "search_r1"):
+    tools = None  # no tool schema: the prompt itself explains the tags
+
+    def __init__(self, tokenizer=None, observation_format: str = "search_r1", **unused):
         if observation_format not in self.OBSERVATION_FORMATS:
             raise ValueError(
                 f"Unknown observation_format {observation_format!r}; choose one of {list(self.OBSERVATION_FORMATS)}."
             )
         self.observation_format = observation_format
+        self.tokenizer = tokenizer
+        self.chat_template = None  # prompts use the trainer's (or the tokenizer's) template unchanged
 
     observation_open = "\n\n<information>"
     observation_close = "</information>\n\n"
@@ -138,12 +151,247 @@ class TagsProtocol:
     def render_observation(self, passages: list[Passage]) -> str:
         return self.observation_open + self.render_passages(passages) + self.observation_close
 
+    # --- the token-level interface the rollout uses (shared by every protocol) ---------------------------------------
 
-PROTOCOLS = {"tags": TagsProtocol}
+    def parse_turn(self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool) -> Action:
+        """The action of one generated turn, from its tokens and their text (the turn alone)."""
+        return self.parse_action(text, ended_with_eos=ended_with_eos, hit_token_limit=hit_token_limit)
+
+    def render_content(self, passages: list[Passage]) -> str:
+        """What one query's results show the policy (tokenised as plain text, special-token text included)."""
+        return self.render_passages(passages)
+
+    def frame(self, count: int) -> list[list[int]]:
+        """Token ids around `count` contents: `count + 1` pieces, the first before the first content."""
+        if count != 1:
+            raise ValueError("The tags protocol runs one query per search.")
+        if not hasattr(self, "_frame"):
+            self._frame = [
+                _encode(self.tokenizer, self.observation_open),
+                _encode(self.tokenizer, self.observation_close),
+            ]
+        return self._frame
+
+    def feedback_ids(self, error: str) -> list[int]:
+        """The corrective observation after an invalid turn (the same text whatever was wrong)."""
+        if not hasattr(self, "_feedback_ids"):
+            self._feedback_ids = _encode(self.tokenizer, self.invalid_feedback)
+        return self._feedback_ids
 
 
-def get_protocol(name: str, **options) -> TagsProtocol:
-    """The protocol called `name`, built with `options` (e.g. `observation_format="legacy"` for tags).
+def _encode(tokenizer, text: str, plain: bool = False) -> list[int]:
+    """Token ids of `text`, no BOS; `plain=True` keeps special-token text (`<|im_end|>` in a web page) ordinary."""
+    if tokenizer is None:
+        raise ValueError(
+            "This protocol needs the policy's tokenizer: build it with get_protocol(name, tokenizer=...)."
+        )
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"]
+
+
+def search(query: str) -> str:
+    """Searches the knowledge source and returns the best-matching passages.
+
+    Args:
+        query: What to look for, written as a short search-engine query.
+    """
+    raise NotImplementedError("Documents the search tool's signature; the rollout runs the searches, batched.")
+
+
+def search_tool_schema() -> dict:
+    """The JSON schema of the `search` tool shown to chat models, built from the documented signature of `search`.
+
+    Example:
+        >>> schema = search_tool_schema()
+        >>> schema["function"]["name"], schema["function"]["parameters"]["required"]
+        ('search', ['query'])
+    """
+    from transformers.utils import get_json_schema
+
+    return get_json_schema(search)
+
+
+# Chat and tool-call markup that a passage could write: defused inside tool responses as tags are in `<information>`.
+_CHAT_MARKUP = re.compile(r"<\s*(/?)\s*(tool_call|tool_response|think|answer)\s*>", re.IGNORECASE)
+_SENTINEL = "\x00trl-search-content-{}\x00"
+
+
+class ToolCallProtocol:
+    """Search through the model's own chat-template tool calls (Qwen/Hermes `<tool_call>` JSON, Llama 3 JSON, ...).
+
+    The prompt carries a `search(query)` tool through the chat template; generation stops at the end of the assistant
+    turn; every well-formed `search` call of the turn is a query (several calls in one message run in parallel); the
+    passages come back as tool messages rendered by the model's own chat template, tokenised around the sampled turn
+    without re-tokenising it; the final answer is the last assistant message (its `<answer>` block if it writes one).
+    Tool calls are parsed by TRL (`trl.chat_template_utils.parse_response` with `add_response_schema`).
+
+    The chat template must render earlier messages the same whatever follows (prefix-preserving): otherwise the tokens
+    trained would differ from those the policy saw. A template that is not (Qwen3's) is replaced by TRL's training
+    variant (`get_training_chat_template`), as TRL's own tool loop does; one TRL has no variant for is refused.
+
+    Example:
+        >>> protocol = ToolCallProtocol(tokenizer)  # doctest: +SKIP
+        >>> protocol.parse_turn(tokenizer('<tool_call>\\n{"name": "search", "arguments": {"query": "Paris"}}\\n'
+        ...                               '</tool_call><|im_end|>')["input_ids"], "", True, False)  # doctest: +SKIP
+        Action(kind='search', content='Paris', queries=('Paris',), error='')
+    """
+
+    name = "tool_call"
+    stop_strings = ()  # a turn ends with the assistant's end-of-turn token (an EOS id of the generator)
+    no_results = "No passages were found for this query."
+
+    def __init__(
+        self, tokenizer, chat_template: str | None = None, chat_template_kwargs: dict | None = None, **unused
+    ):
+        from trl.chat_template_utils import (
+            add_response_schema,
+            get_training_chat_template,
+            is_chat_template_prefix_preserving,
+            supports_tool_calling,
+        )
+
+        if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "search_protocol='tool_call' needs a tokenizer with a chat template that supports tool calls (e.g. "
+                "Qwen2.5/Qwen3 instruct, Llama 3.1); use search_protocol='tags' for base models."
+            )
+        if not supports_tool_calling(tokenizer):
+            raise ValueError(
+                "The tokenizer's chat template does not render tool calls and tool messages, which "
+                "search_protocol='tool_call' needs; use a tool-calling model's template or search_protocol='tags'."
+            )
+        if (
+            getattr(tokenizer, "response_template", None) is None
+            and getattr(tokenizer, "response_schema", None) is None
+        ):
+            try:
+                add_response_schema(tokenizer)
+            except ValueError as error:
+                raise ValueError(
+                    "TRL knows no tool-call parser for this chat template (add_response_schema). Set "
+                    "tokenizer.response_template (transformers' response parsing) to use search_protocol='tool_call'."
+                ) from error
+        if chat_template is None and not is_chat_template_prefix_preserving(tokenizer):
+            try:
+                chat_template = get_training_chat_template(tokenizer)
+            except ValueError as error:
+                raise ValueError(
+                    "The chat template is not prefix-preserving (earlier turns render differently once a tool message "
+                    "follows), so trained tokens would differ from the tokens the policy saw, and TRL has no training "
+                    "variant for it. Pass a prefix-preserving template (chat_template_path; see "
+                    "trl.chat_template_utils.get_training_chat_template for the supported ones)."
+                ) from error
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template  # None: the tokenizer's own
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.tools = [search_tool_schema()]
+        self._frames: dict[int, list[list[int]]] = {}
+        self.frame(1)  # fails now, with a clear error, on a template whose tool turn cannot be framed
+
+    def _render(self, messages, add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tools=self.tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **self.chat_template_kwargs,
+        )
+
+    def frame(self, count: int) -> list[list[int]]:
+        """The template's tokens around `count` tool messages: from the end of the assistant turn that called the
+        tools to the start of the next assistant turn, split where each tool message's content goes."""
+        if count not in self._frames:
+            calls = [
+                {"type": "function", "function": {"name": "search", "arguments": {"query": f"q{i}"}}}
+                for i in range(count)
+            ]
+            before = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls}]
+            tool_messages = [{"role": "tool", "name": "search", "content": _SENTINEL.format(i)} for i in range(count)]
+            prefix = self._render(before, add_generation_prompt=False)
+            full = self._render(before + tool_messages, add_generation_prompt=True)
+            # The policy's turn ends with its end-of-turn token; whatever the template writes after it is ours.
+            end = prefix.rfind(self.tokenizer.eos_token) if self.tokenizer.eos_token else -1
+            if end != -1:
+                prefix = prefix[: end + len(self.tokenizer.eos_token)]
+            if not full.startswith(prefix):
+                raise ValueError(
+                    "The chat template renders the assistant's tool-call turn differently once a tool message follows "
+                    "(not prefix-preserving); pass a prefix-preserving template (chat_template_path)."
+                )
+            pieces, rest = [], full[len(prefix) :]
+            for i in range(count):
+                piece, found, rest = rest.partition(_SENTINEL.format(i))
+                if not found:
+                    raise ValueError("The chat template does not show tool message contents verbatim.")
+                pieces.append(piece)
+            pieces.append(rest)
+            self._frames[count] = [_encode(self.tokenizer, piece) for piece in pieces]
+        return self._frames[count]
+
+    def parse_turn(self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool) -> Action:
+        """The action of one assistant turn: its `search` calls, or its final answer."""
+        import json
+
+        from trl.chat_template_utils import parse_response
+
+        if not ended_with_eos:
+            if hit_token_limit:
+                return Action("truncated")
+            return Action("invalid", error="The turn ran out of tokens before it ended. Keep turns short.")
+        message = parse_response(self.tokenizer, list(token_ids))
+        content = message.get("content") or ""
+        calls = message.get("tool_calls") or []
+        if not calls:
+            if "<tool_call>" in content or (
+                '"name"' in content and ('"arguments"' in content or '"parameters"' in content)
+            ):
+                return Action("invalid", error="A tool call could not be read (malformed JSON). Call search again.")
+            answer = extract_answer(content) if "</answer>" in content else None
+            return Action("answer", content=answer if answer is not None else content.strip())
+        queries, errors = [], []
+        for call in calls:
+            function = call.get("function", call) if isinstance(call, dict) else {}
+            name, arguments = function.get("name"), function.get("arguments")
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    arguments = None
+            if name != "search":
+                errors.append(f"There is no tool named {name!r}; the only tool is search(query).")
+            elif not isinstance(arguments, dict) or not isinstance(arguments.get("query"), str):
+                errors.append("search takes one string argument, query.")
+            elif not arguments["query"].strip():
+                errors.append("The search query was empty.")
+            else:
+                queries.append(arguments["query"].strip())
+        if errors:
+            return Action("invalid", error=" ".join(dict.fromkeys(errors)))
+        return Action("search", queries=tuple(queries))
+
+    def render_content(self, passages: list[Passage]) -> str:
+        """One query's passages as Search-R1 lays them out (`Doc i(Title: ...) text`), chat markup defused."""
+        if not passages:
+            return self.no_results
+        lines = []
+        for rank, passage in enumerate(passages, 1):
+            title, text = split_contents(passage.contents)
+            lines.append(f"Doc {rank}(Title: {title}) {text}\n")
+        text = "".join(lines).strip()
+        return _CHAT_MARKUP.sub(lambda match: f"&lt;{match.group(1)}{match.group(2).lower()}&gt;", text)
+
+    def feedback_ids(self, error: str) -> list[int]:
+        """The corrective tool message after an invalid turn, rendered by the chat template."""
+        before, after = self.frame(1)
+        return before + _encode(self.tokenizer, f"Error: {error}", plain=True) + after
+
+
+PROTOCOLS = {"tags": TagsProtocol, "tool_call": ToolCallProtocol}
+
+
+def get_protocol(name: str, **options) -> TagsProtocol | ToolCallProtocol:
+    """The protocol called `name`, built with `options`: `tokenizer` (the policy's), and `observation_format` for tags
+    or `chat_template`/`chat_template_kwargs` for tool calls.
 
     Example:
         >>> get_protocol("tags").observation_format

@@ -7,6 +7,7 @@ completion with mask 0 (injected), while sampled tokens carry mask 1.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,23 +66,75 @@ class RolloutOutput:
     turns: int = 0
 
 
+@dataclass(frozen=True)
+class RolloutSettings:
+    """Everything that shapes a search rollout, with the paper's defaults, validated once. Training
+    (`SearchGRPOConfig`), evaluation and `search_config.json` all speak it.
+
+    Example:
+        >>> RolloutSettings(max_turns=2).retrieval_top_k
+        3
+        >>> RolloutSettings.merged({"max_turns": 2, "top_k": 9}, {"max_turns": None, "retrieval_top_k": 5}).max_turns
+        2
+    """
+
+    protocol: str = "tags"
+    observation_format: str = "search_r1"
+    max_turns: int = 4
+    retrieval_top_k: int = 3
+    max_obs_length: int = 500
+    max_tokens_per_turn: int = 500
+    max_completion_length: int = 2048
+    mask_retrieved_tokens: bool = True
+
+    def __post_init__(self):
+        from .protocols import PROTOCOLS, TagsProtocol
+
+        checks = [
+            (self.protocol in PROTOCOLS, f"Unknown search_protocol {self.protocol!r}; set --search_protocol to one of "
+             f"{sorted(PROTOCOLS)}."),
+            (self.observation_format in TagsProtocol.OBSERVATION_FORMATS, f"Unknown observation_format "
+             f"{self.observation_format!r}; choose one of {list(TagsProtocol.OBSERVATION_FORMATS)}."),
+            (self.max_turns >= 0, f"max_turns must be >= 0 (0 disables searching), got {self.max_turns}. Set "
+             "--max_turns."),
+            (self.retrieval_top_k >= 1, f"retrieval_top_k is the number of passages per search and must be >= 1, got "
+             f"{self.retrieval_top_k}. Set --retrieval_top_k."),
+            (self.max_obs_length >= 1, f"max_obs_length must be >= 1, got {self.max_obs_length} (the paper uses "
+             "500). Set --max_obs_length."),
+            (self.max_tokens_per_turn >= 1, f"max_tokens_per_turn must be >= 1, got {self.max_tokens_per_turn}."),
+            (self.max_completion_length >= 2, f"max_completion_length={self.max_completion_length} leaves no room for "
+             "one generated token and the final EOS; set it to at least 2."),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def merged(cls, *layers: dict | None) -> RolloutSettings:
+        """Defaults, then each layer in turn (e.g. saved settings, then explicit ones); None values and unknown keys
+        are skipped, so a `search_config.json` or a function's keyword arguments can be passed as they are."""
+        values = {}
+        for layer in layers:
+            for key, value in (layer or {}).items():
+                if key in cls.__dataclass_fields__ and value is not None:
+                    values[key] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class SearchRollout:
     """Runs the multi-turn search loop for a batch of tokenised prompts.
 
     Args:
         retriever: any `Retriever`; it receives one `search` call per turn with the turn's unique queries.
         tokenizer: the policy's tokenizer (to read actions and tokenise observations).
-        protocol: name of the search protocol (`"tags"`).
-        observation_format: how observations are rendered (`"search_r1"`, or `"legacy"` for models trained with
-            trl-search 0.1; see `TagsProtocol`).
-        max_turns: maximum searches per sample; one more turn follows in which a search ends the sample.
-        retrieval_top_k: passages per search.
-        max_obs_length: maximum tokens per observation, its tags included.
-        max_tokens_per_turn: maximum tokens generated per turn.
-        max_completion_length: maximum tokens of the whole completion, sampled and injected together.
-        mask_retrieved_tokens: if False, observations get mask 1 (the paper's no-mask ablation).
+        settings: the `RolloutSettings` (paper defaults if None); keyword `overrides` replace single fields.
         eos_token_id: appended (with mask 0) to a sample that finished on a stop string, so that it is not counted as
             truncated. Defaults to the tokenizer's EOS.
+        chat_template, chat_template_kwargs: for `protocol="tool_call"`, the template that renders tool messages (the
+            one the prompts were rendered with).
 
     Example:
         >>> rollout = SearchRollout(retriever, tokenizer, max_turns=2, max_completion_length=512)  # doctest: +SKIP
@@ -94,41 +147,36 @@ class SearchRollout:
         self,
         retriever: Retriever,
         tokenizer,
-        protocol: str = "tags",
-        observation_format: str = "search_r1",
-        max_turns: int = 4,
-        retrieval_top_k: int = 3,
-        max_obs_length: int = 500,
-        max_tokens_per_turn: int = 500,
-        max_completion_length: int = 2048,
-        mask_retrieved_tokens: bool = True,
+        settings: RolloutSettings | None = None,
+        *,
         eos_token_id: int | None = None,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict | None = None,
+        **overrides,
     ):
-        if max_turns > 0 and retriever is None:
+        settings = dataclasses.replace(settings or RolloutSettings(), **overrides)
+        if settings.max_turns > 0 and retriever is None:
             raise ValueError("A retriever is required when max_turns > 0 (set max_turns=0 for no search).")
+        self.settings = settings
         self.retriever = retriever
         self.tokenizer = tokenizer
-        self.protocol = get_protocol(protocol, observation_format=observation_format)
-        self.max_turns = max_turns
-        self.retrieval_top_k = retrieval_top_k
-        self.max_obs_length = max_obs_length
-        self.max_tokens_per_turn = max_tokens_per_turn
-        self.max_completion_length = max_completion_length
-        self.observation_mask = 0 if mask_retrieved_tokens else 1
+        self.protocol = get_protocol(
+            settings.protocol,
+            tokenizer=tokenizer,
+            observation_format=settings.observation_format,
+            chat_template=chat_template,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+        self.max_turns = settings.max_turns
+        self.retrieval_top_k = settings.retrieval_top_k
+        self.max_obs_length = settings.max_obs_length
+        self.max_tokens_per_turn = settings.max_tokens_per_turn
+        self.max_completion_length = settings.max_completion_length
+        self.observation_mask = 0 if settings.mask_retrieved_tokens else 1
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if self.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token: pass eos_token_id to SearchRollout.")
-        if max_completion_length < 2:
-            raise ValueError(
-                f"max_completion_length={max_completion_length} leaves no room for one generated token and the final "
-                "EOS; set it to at least 2."
-            )
-        self._open_ids = self._encode(self.protocol.observation_open)
-        self._close_ids = self._encode(self.protocol.observation_close)
-        self._feedback_ids = self._encode(self.protocol.invalid_feedback)
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._eos_ids = {self.eos_token_id}
 
     def run(
         self,
@@ -151,6 +199,7 @@ class SearchRollout:
             if golds_of[id(sample)] is not None:
                 sample.answer_in_retrieval = False  # until a retrieved passage shows a gold answer
         eos_ids = set(getattr(generator, "eos_token_ids", None) or [self.eos_token_id])
+        self._eos_ids = eos_ids | {self.eos_token_id}
         output = RolloutOutput(samples=samples)
         for turn in range(self.max_turns + 1):
             can_search = turn < self.max_turns
@@ -169,8 +218,8 @@ class SearchRollout:
                 limits,
                 self.protocol.stop_strings,
             )
-            pending_searches: list[tuple[SampleTrajectory, str]] = []
-            pending_feedback: list[SampleTrajectory] = []
+            pending_searches: list[tuple[SampleTrajectory, tuple[str, ...]]] = []
+            pending_feedback: list[tuple[SampleTrajectory, str]] = []
             for (sample, budget), limit, turn_output in zip(runnable, limits, generated):
                 if turn_output.logprobs is None:
                     sample.logprobs = None
@@ -179,11 +228,11 @@ class SearchRollout:
                 ended_with_eos = bool(turn_output.token_ids) and turn_output.token_ids[-1] in eos_ids
                 text = self.tokenizer.decode(turn_output.token_ids, skip_special_tokens=True)
                 out_of_budget = not turn_output.stopped and limit == budget
-                action = self.protocol.parse_action(text, ended_with_eos=ended_with_eos, hit_token_limit=out_of_budget)
+                action = self.protocol.parse_turn(turn_output.token_ids, text, ended_with_eos, out_of_budget)
                 self._apply_action(sample, action, can_search, turn_output.stopped, pending_searches, pending_feedback)
             self._answer_searches(pending_searches, golds_of, output)
-            for sample in pending_feedback:
-                self._inject_feedback(sample)
+            for sample, error in pending_feedback:
+                self._inject_feedback(sample, error)
         for sample in samples:
             if not sample.finished:  # only reachable if a rank kept looping for others: nothing left to do
                 sample.stop_reason = "truncated"
@@ -198,7 +247,7 @@ class SearchRollout:
         """Ends a sample. TRL counts a completion as terminated exactly when it ends with EOS, so a sample that
         stopped on a tag gets one (injected, never trained) and a truncated one never does."""
         sample.stop_reason = reason
-        if reason != "truncated" and sample.completion_ids[-1:] != [self.eos_token_id]:
+        if reason != "truncated" and not (sample.completion_ids and sample.completion_ids[-1] in self._eos_ids):
             sample.extend([self.eos_token_id], 0)
 
     def _apply_action(self, sample, action: Action, can_search, stopped, pending_searches, pending_feedback) -> None:
@@ -211,15 +260,15 @@ class SearchRollout:
         elif action.kind == "truncated":
             sample.stop_reason = "truncated"
         elif action.kind == "search" and can_search:
-            sample.num_searches += 1
-            sample.queries.append(action.content)
-            pending_searches.append((sample, action.content))
+            sample.num_searches += 1  # a search turn (its queries run in parallel)
+            sample.queries.extend(action.queries)
+            pending_searches.append((sample, action.queries))
         elif action.kind == "search":
             self._finish(sample, "search_limit")
         else:  # invalid: a malformed tag, or a turn that ran out of per-turn tokens without acting
             sample.num_invalid += 1
             if can_search:
-                pending_feedback.append(sample)
+                pending_feedback.append((sample, action.error))
             else:
                 self._finish(sample, "invalid" if stopped else "truncated")
 
@@ -228,7 +277,7 @@ class SearchRollout:
         collective = getattr(self.retriever, "is_collective", False)
         if not pending and not collective:
             return
-        unique_queries = list(dict.fromkeys(query for _, query in pending))  # GRPO groups repeat queries
+        unique_queries = list(dict.fromkeys(query for _, queries in pending for query in queries))  # groups repeat
         start = time.perf_counter()
         results = self.retriever.search(unique_queries, k=self.retrieval_top_k)
         output.retriever_seconds += time.perf_counter() - start
@@ -239,41 +288,49 @@ class SearchRollout:
         _check_results(self.retriever, results, len(unique_queries))
         # Render and tokenise each distinct result once, in one batched call: per-sample tokenizer calls dominated
         # the rollout's own cost (benchmarks/bench_rollout_overhead.py).
-        bodies = [self.protocol.render_passages(list(passages)[: self.retrieval_top_k]) for passages in results]
-        distinct_bodies = list(dict.fromkeys(bodies))  # paraphrased queries often retrieve the same passages
+        contents = [self.protocol.render_content(list(passages)[: self.retrieval_top_k]) for passages in results]
+        distinct = list(dict.fromkeys(contents))  # paraphrased queries often retrieve the same passages
         # split_special_tokens: `<|im_end|>` or `<|endoftext|>` written in a web page stays ordinary text, never a forged
         # turn boundary or EOS inside the observation.
-        encoded = self.tokenizer(distinct_bodies, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        ids_of = dict(zip(distinct_bodies, encoded))
-        observation_of = {query: (body, ids_of[body]) for query, body in zip(unique_queries, bodies)}
-        for sample, query in pending:
-            seen_text = self._inject(sample, *observation_of[query])
-            if seen_text is not None:
-                sample.retrieved_texts.append(seen_text)
-                sample_golds = golds_of[id(sample)]
-                if sample_golds is not None:
-                    found = contains_answer(seen_text, sample_golds)
-                    sample.answer_in_retrieval = sample.answer_in_retrieval or found
+        encoded = self.tokenizer(distinct, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids_of = dict(zip(distinct, encoded))
+        content_of = {query: (text, ids_of[text]) for query, text in zip(unique_queries, contents)}
+        for sample, queries in pending:
+            seen_texts = self._inject(sample, [content_of[query] for query in queries])
+            sample.retrieved_texts.extend(seen_texts)
+            sample_golds = golds_of[id(sample)]
+            if seen_texts and sample_golds is not None:
+                found = contains_answer(seen_texts, sample_golds)
+                sample.answer_in_retrieval = sample.answer_in_retrieval or found
 
-    def _inject_feedback(self, sample: SampleTrajectory) -> None:
+    def _inject_feedback(self, sample: SampleTrajectory, error: str) -> None:
         """Appends the invalid-action feedback, or ends the sample as truncated if it no longer fits."""
-        if len(self._feedback_ids) > self._room(sample) - 2:
+        feedback = self.protocol.feedback_ids(error)
+        if len(feedback) > self._room(sample) - 2:
             sample.stop_reason = "truncated"
         else:
-            sample.extend(self._feedback_ids, self.observation_mask)
+            sample.extend(feedback, self.observation_mask)
 
-    def _inject(self, sample: SampleTrajectory, body: str, body_ids: list[int]) -> str | None:
-        """Appends an observation cut to fit `max_obs_length` and the budget; returns the body as the policy sees it."""
+    def _inject(self, sample: SampleTrajectory, contents: list[tuple[str, list[int]]]) -> list[str]:
+        """Appends one observation holding `contents` (one per query) in the protocol's frame, cut to fit
+        `max_obs_length` and the budget with the frame's closing markup kept; returns the texts as the policy sees
+        them (none if nothing fits: the sample then ends as truncated)."""
+        frame = self.protocol.frame(len(contents))
         room = self._room(sample) - 2  # leave room for at least one generated token and the final EOS
-        body_room = min(self.max_obs_length, room) - len(self._open_ids) - len(self._close_ids)
-        if body_room < 1:
+        content_room = min(self.max_obs_length, room) - sum(len(piece) for piece in frame)
+        if content_room < len(contents):
             sample.stop_reason = "truncated"  # no room left to show the passages
-            return None
-        if len(body_ids) > body_room:
-            body_ids = body_ids[:body_room]
-            body = self.tokenizer.decode(body_ids, skip_special_tokens=True)
-        sample.extend(self._open_ids + body_ids + self._close_ids, self.observation_mask)
-        return body
+            return []
+        caps = _share(content_room, [len(ids) for _, ids in contents])
+        ids, seen = list(frame[0]), []
+        for (text, content_ids), cap, piece in zip(contents, caps, frame[1:]):
+            if len(content_ids) > cap:
+                content_ids = content_ids[:cap]
+                text = self.tokenizer.decode(content_ids, skip_special_tokens=True)
+            ids += content_ids + piece
+            seen.append(text)
+        sample.extend(ids, self.observation_mask)
+        return seen
 
     @staticmethod
     def _golds_by_sample(samples, golden_answers) -> dict[int, Sequence[str] | None]:
@@ -299,3 +356,18 @@ def _check_results(retriever, results, num_queries: int) -> None:
                 f"{name}.search must return lists of trl_search.retrievers.Passage, got {hits!r:.120}. Wrap raw texts "
                 "as Passage(id=..., title=..., text=...) or Passage.from_contents(id, contents)."
             )
+
+
+def _share(room: int, lengths: list[int]) -> list[int]:
+    """Splits `room` tokens among contents of `lengths`: short ones keep everything, long ones share the rest equally.
+
+    Example:
+        >>> _share(10, [2, 30, 30])
+        [2, 4, 4]
+    """
+    caps = [0] * len(lengths)
+    remaining = room
+    for position, index in enumerate(sorted(range(len(lengths)), key=lengths.__getitem__)):
+        caps[index] = min(lengths[index], remaining // (len(lengths) - position))
+        remaining -= caps[index]
+    return caps

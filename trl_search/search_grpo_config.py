@@ -26,6 +26,8 @@ class SearchGRPOConfig(GRPOConfig):
             Exclude retrieved (and any other injected) tokens from the loss, the KL and the policy metrics.
         search_protocol (`str`, *optional*, defaults to `"tags"`):
             How the policy searches and answers. `"tags"`: Search-R1's `<search>`/`<information>`/`<answer>` tags.
+            `"tool_call"`: a `search(query)` tool called through the model's chat template (instruct models); the
+            passages come back as tool messages and the answer is the final assistant message.
         prompt_template (`str` or `None`, *optional*, defaults to `None`):
             The template the dataset's prompts were made with (see `trl_search.data.make_search_prompt`). It does not
             change training; it is saved with the model (`search_config.json`) so that inference uses the same prompt.
@@ -75,7 +77,11 @@ class SearchGRPOConfig(GRPOConfig):
     )
     search_protocol: str = field(
         default="tags",
-        metadata={"help": "How the policy searches and answers.", "choices": ["tags"]},
+        metadata={
+            "help": "How the policy searches and answers: 'tags' (Search-R1's <search>/<information>/<answer>, for "
+            "base models) or 'tool_call' (a search tool called through the model's chat template).",
+            "choices": ["tags", "tool_call"],
+        },
     )
     prompt_template: str | None = field(
         default=None,
@@ -94,32 +100,33 @@ class SearchGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        from .protocols import PROTOCOLS
-
-        if self.max_turns < 0:
-            raise ValueError(f"max_turns must be >= 0 (0 disables searching), got {self.max_turns}. Set --max_turns.")
-        if self.retrieval_top_k < 1:
-            raise ValueError(
-                f"retrieval_top_k is the number of passages per search and must be >= 1, got {self.retrieval_top_k}. "
-                "Set --retrieval_top_k."
-            )
-        if self.max_obs_length < 8:
-            raise ValueError(
-                f"max_obs_length={self.max_obs_length} cannot hold even the <information> tags; set --max_obs_length "
-                "to at least 8 (the paper uses 500)."
-            )
-        if self.max_tokens_per_turn < 1:
-            raise ValueError(f"max_tokens_per_turn must be >= 1, got {self.max_tokens_per_turn}.")
-        if self.search_protocol not in PROTOCOLS:
-            raise ValueError(
-                f"Unknown search_protocol {self.search_protocol!r}; set --search_protocol to one of {sorted(PROTOCOLS)}."
-            )
         if self.max_completion_length is None:
             raise ValueError("max_completion_length must be set: the search rollout needs a token budget.")
+        if self.max_obs_length < 8:
+            raise ValueError(
+                f"max_obs_length={self.max_obs_length} cannot hold even the observation's markup; set "
+                "--max_obs_length to at least 8 (the paper uses 500)."
+            )
         if self.max_turns > 0 and self.max_obs_length >= self.max_completion_length:
             raise ValueError(
                 f"max_obs_length ({self.max_obs_length}) must be smaller than max_completion_length "
                 f"({self.max_completion_length}): one observation would fill the whole completion. Lower "
                 "--max_obs_length or raise --max_completion_length."
             )
+        _ = self.rollout_settings  # validates the rollout's own fields, naming the flag to change
         super().__post_init__()
+
+    @property
+    def rollout_settings(self):
+        """The flat search fields as one validated `trl_search.rollout.RolloutSettings`."""
+        from .rollout import RolloutSettings
+
+        return RolloutSettings(
+            protocol=self.search_protocol,
+            max_turns=self.max_turns,
+            retrieval_top_k=self.retrieval_top_k,
+            max_obs_length=self.max_obs_length,
+            max_tokens_per_turn=self.max_tokens_per_turn,
+            max_completion_length=self.max_completion_length,
+            mask_retrieved_tokens=self.mask_retrieved_tokens,
+        )

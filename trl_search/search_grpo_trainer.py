@@ -127,14 +127,10 @@ class SearchGRPOTrainer(GRPOTrainer):
         self.search_rollout = SearchRollout(
             retriever,
             self._tokenizer,
-            protocol=args.search_protocol,
-            max_turns=args.max_turns,
-            retrieval_top_k=args.retrieval_top_k,
-            max_obs_length=args.max_obs_length,
-            max_tokens_per_turn=args.max_tokens_per_turn,
-            max_completion_length=args.max_completion_length,
-            mask_retrieved_tokens=args.mask_retrieved_tokens,
+            args.rollout_settings,
             eos_token_id=self.eos_token_ids[0],
+            chat_template=self.chat_template,
+            chat_template_kwargs=self.chat_template_kwargs,
         )
         self._generator = None
         self._vllm_generator = None
@@ -150,7 +146,14 @@ class SearchGRPOTrainer(GRPOTrainer):
 
     def _search_rollout_func(self, prompts: list, trainer) -> dict:
         mode = "train" if self.model.training else "eval"
-        prompt_ids = tokenize_prompts(prompts, self.processing_class, self.chat_template_kwargs, self.chat_template)
+        protocol = self.search_rollout.protocol  # tool calls: the search tool, and the template tool turns render with
+        prompt_ids = tokenize_prompts(
+            prompts,
+            self.processing_class,
+            self.chat_template_kwargs,
+            protocol.chat_template or self.chat_template,
+            tools=protocol.tools,
+        )
         self._warn_if_over_context(prompt_ids)
         golden_answers = None
         if self._rollout_inputs is not None and len(self._rollout_inputs) == len(prompts):
