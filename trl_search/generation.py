@@ -175,6 +175,9 @@ class TransformersGenerator:
                 generation_config=config,
                 stopping_criteria=StoppingCriteriaList([recorder]),
                 synced_gpus=self.collective_forward,
+                # Positions count real tokens only, so a row's positions do not depend on its left padding, which
+                # changes from turn to turn: keys kept in the cache stay valid where the row's tokens move.
+                position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
                 **({"past_key_values": cache} if cache is not None else {}),
             )
         new_tokens = output[:, width:].tolist()
@@ -189,9 +192,8 @@ class TransformersGenerator:
         return turns
 
     # --- key/value cache reuse across turns ---------------------------------------------------------------------
-    # A row's cache holds keys and values at the positions transformers gave them: left padding is masked out and
-    # position ids count only real tokens. So a row's cached tokens can move to another cache position (to line up
-    # with the next call's left padding) without being recomputed.
+    # Left padding is masked out and the position ids we pass count only real tokens, so a row's cached keys and
+    # values can move to another column (to line up with the next call's left padding) without being recomputed.
 
     def _new_cache(self):
         from transformers import DynamicCache
