@@ -53,6 +53,74 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     return wrapped
 
 
+# TRL ships the chat templates of the models people train (`trl/chat_templates/*.jinja`); a tiny tokenizer carrying
+# one of them, with that family's special tokens, stands in for the real tokenizer offline.
+CHAT_FAMILIES = {
+    "qwen2_5": {"eos": "<|im_end|>", "pad": "<|endoftext|>", "special": ["<|im_start|>"]},
+    "qwen3": {"eos": "<|im_end|>", "pad": "<|endoftext|>", "special": ["<|im_start|>"]},
+    "llama3_1": {
+        "eos": "<|eot_id|>",
+        "pad": "<|finetune_right_pad_id|>",
+        "bos": "<|begin_of_text|>",
+        "special": ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|python_tag|>", "<|end_of_text|>"],
+    },
+}
+# Qwen's tool-call and thinking markup: added tokens that are not special (they decode with skip_special_tokens=True).
+QWEN_MARKUP = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+
+
+def trl_chat_template(name: str) -> str:
+    """The text of one of TRL's shipped chat templates, e.g. `"qwen2_5"`, `"qwen3"`, `"llama3_1"`.
+
+    Example:
+        >>> "tool_call" in trl_chat_template("qwen2_5")
+        True
+    """
+    from importlib.resources import files
+
+    return (files("trl") / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def build_chat_tokenizer(texts: Iterable[str], family: str = "qwen2_5", vocab_size: int = 2000):
+    """A tiny byte-level BPE tokenizer carrying TRL's chat template of `family` and its special tokens, for offline
+    tests and demos of the `tool_call` search protocol.
+
+    Example:
+        >>> tokenizer = build_chat_tokenizer(["What is the capital of Veldoria?"], "qwen2_5", vocab_size=300)
+        >>> tokenizer.eos_token, tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)[:22]
+        ('<|im_end|>', '<|im_start|>system\nYou')
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in CHAT_FAMILIES:
+        raise ValueError(f"Unknown chat family {family!r}; choose one of {sorted(CHAT_FAMILIES)}.")
+    tokens = CHAT_FAMILIES[family]
+    special = [tokens["eos"], tokens["pad"], *tokens.get("bos", "").split(), *tokens["special"]]
+    template = trl_chat_template(family)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([*texts, template] + [" ".join(SEARCH_TAGS)] * 4, trainer=trainer)
+    if family.startswith("qwen"):
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in QWEN_MARKUP])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=tokens["eos"],
+        pad_token=tokens["pad"],
+        bos_token=tokens.get("bos"),
+        additional_special_tokens=tokens["special"],
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def build_model(
     tokenizer,
     hidden_size: int = 64,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -153,8 +154,11 @@ class TagsProtocol:
 
     # --- the token-level interface the rollout uses (shared by every protocol) ---------------------------------------
 
-    def parse_turn(self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool) -> Action:
-        """The action of one generated turn, from its tokens and their text (the turn alone)."""
+    def parse_turn(
+        self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool, context_ids=None
+    ) -> Action:
+        """The action of one generated turn, from its tokens and their text (the turn alone; `context_ids`, what came
+        before it, is for protocols whose parser needs it)."""
         return self.parse_action(text, ended_with_eos=ended_with_eos, hit_token_limit=hit_token_limit)
 
     def render_content(self, passages: list[Passage]) -> str:
@@ -212,7 +216,9 @@ def search_tool_schema() -> dict:
 
 # Chat and tool-call markup that a passage could write: defused inside tool responses as tags are in `<information>`.
 _CHAT_MARKUP = re.compile(r"<\s*(/?)\s*(tool_call|tool_response|think|answer)\s*>", re.IGNORECASE)
-_SENTINEL = "\x00trl-search-content-{}\x00"
+# Stands for a tool message's content while the template's frame is measured; the quote shows whether a template
+# writes contents verbatim (Qwen) or as JSON strings (Llama 3.1's `tojson`).
+_SENTINEL = 'trl-search "content" {}'
 
 
 class ToolCallProtocol:
@@ -285,6 +291,7 @@ class ToolCallProtocol:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.tools = [search_tool_schema()]
         self._frames: dict[int, list[list[int]]] = {}
+        self._json_contents = False  # set by `frame`: whether the template writes contents as JSON strings
         self.frame(1)  # fails now, with a clear error, on a template whose tool turn cannot be framed
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
@@ -301,13 +308,22 @@ class ToolCallProtocol:
         """The template's tokens around `count` tool messages: from the end of the assistant turn that called the
         tools to the start of the next assistant turn, split where each tool message's content goes."""
         if count not in self._frames:
-            calls = [
-                {"type": "function", "function": {"name": "search", "arguments": {"query": f"q{i}"}}}
-                for i in range(count)
-            ]
-            before = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls}]
+            from jinja2 import TemplateError
+
+            def conversation(calls: int) -> list[dict]:
+                call = {"type": "function", "function": {"name": "search", "arguments": {"query": "q"}}}
+                return [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "", "tool_calls": [call] * calls},
+                ]
+
             tool_messages = [{"role": "tool", "name": "search", "content": _SENTINEL.format(i)} for i in range(count)]
-            prefix = self._render(before, add_generation_prompt=False)
+            try:
+                before = conversation(count)
+                prefix = self._render(before, add_generation_prompt=False)
+            except TemplateError:  # one call per message (Llama 3.1): the tool turn after it renders the same
+                before = conversation(1)
+                prefix = self._render(before, add_generation_prompt=False)
             full = self._render(before + tool_messages, add_generation_prompt=True)
             # The policy's turn ends with its end-of-turn token; whatever the template writes after it is ours.
             end = prefix.rfind(self.tokenizer.eos_token) if self.tokenizer.eos_token else -1
@@ -319,26 +335,31 @@ class ToolCallProtocol:
                     "(not prefix-preserving); pass a prefix-preserving template (chat_template_path)."
                 )
             pieces, rest = [], full[len(prefix) :]
+            self._json_contents = _SENTINEL.format(0) not in rest and json.dumps(_SENTINEL.format(0)) in rest
             for i in range(count):
-                piece, found, rest = rest.partition(_SENTINEL.format(i))
+                sentinel = _SENTINEL.format(i)
+                piece, found, rest = rest.partition(json.dumps(sentinel) if self._json_contents else sentinel)
                 if not found:
-                    raise ValueError("The chat template does not show tool message contents verbatim.")
+                    raise ValueError("The chat template does not show tool message contents, verbatim or as JSON.")
                 pieces.append(piece)
             pieces.append(rest)
             self._frames[count] = [_encode(self.tokenizer, piece) for piece in pieces]
         return self._frames[count]
 
-    def parse_turn(self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool) -> Action:
-        """The action of one assistant turn: its `search` calls, or its final answer."""
-        import json
-
+    def parse_turn(
+        self, token_ids, text: str, ended_with_eos: bool, hit_token_limit: bool, context_ids=None
+    ) -> Action:
+        """The action of one assistant turn: its `search` calls, or its final answer. `context_ids` (what came before
+        the turn) lets the parser see what the template pre-wrote into the assistant message (an opening `<think>`)."""
         from trl.chat_template_utils import parse_response
 
         if not ended_with_eos:
             if hit_token_limit:
                 return Action("truncated")
             return Action("invalid", error="The turn ran out of tokens before it ended. Keep turns short.")
-        message = parse_response(self.tokenizer, list(token_ids))
+        # The tail of the context holds the assistant header and whatever the template pre-wrote after it.
+        prefix = list(context_ids[-64:]) if context_ids is not None else []
+        message = parse_response(self.tokenizer, list(token_ids), prefix=prefix, tools=self.tools)
         content = message.get("content") or ""
         calls = message.get("tool_calls") or []
         if not calls:
@@ -377,13 +398,17 @@ class ToolCallProtocol:
         for rank, passage in enumerate(passages, 1):
             title, text = split_contents(passage.contents)
             lines.append(f"Doc {rank}(Title: {title}) {text}\n")
-        text = "".join(lines).strip()
-        return _CHAT_MARKUP.sub(lambda match: f"&lt;{match.group(1)}{match.group(2).lower()}&gt;", text)
+        text = _CHAT_MARKUP.sub(
+            lambda match: f"&lt;{match.group(1)}{match.group(2).lower()}&gt;", "".join(lines).strip()
+        )
+        return json.dumps(text, ensure_ascii=False) if self._json_contents else text
 
     def feedback_ids(self, error: str) -> list[int]:
         """The corrective tool message after an invalid turn, rendered by the chat template."""
         before, after = self.frame(1)
-        return before + _encode(self.tokenizer, f"Error: {error}", plain=True) + after
+        message = f"Error: {error}"
+        message = json.dumps(message, ensure_ascii=False) if self._json_contents else message
+        return before + _encode(self.tokenizer, message, plain=True) + after
 
 
 PROTOCOLS = {"tags": TagsProtocol, "tool_call": ToolCallProtocol}

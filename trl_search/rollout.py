@@ -221,6 +221,7 @@ class SearchRollout:
             pending_searches: list[tuple[SampleTrajectory, tuple[str, ...]]] = []
             pending_feedback: list[tuple[SampleTrajectory, str]] = []
             for (sample, budget), limit, turn_output in zip(runnable, limits, generated):
+                context_tail = (sample.prompt_ids + sample.completion_ids)[-64:]
                 if turn_output.logprobs is None:
                     sample.logprobs = None
                 sample.extend(turn_output.token_ids, 1, turn_output.logprobs)
@@ -228,7 +229,9 @@ class SearchRollout:
                 ended_with_eos = bool(turn_output.token_ids) and turn_output.token_ids[-1] in eos_ids
                 text = self.tokenizer.decode(turn_output.token_ids, skip_special_tokens=True)
                 out_of_budget = not turn_output.stopped and limit == budget
-                action = self.protocol.parse_turn(turn_output.token_ids, text, ended_with_eos, out_of_budget)
+                action = self.protocol.parse_turn(
+                    turn_output.token_ids, text, ended_with_eos, out_of_budget, context_ids=context_tail
+                )
                 self._apply_action(sample, action, can_search, turn_output.stopped, pending_searches, pending_feedback)
             self._answer_searches(pending_searches, golds_of, output)
             for sample, error in pending_feedback:
