@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_search import SearchGRPOConfig, SearchGRPOTrainer
-from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_CORPUS_PATH, DEMO_QUESTIONS_PATH, make_training_mix
+from trl_search.data import (
+    DEFAULT_PROMPT_TEMPLATE,
+    DEMO_CORPUS_PATH,
+    DEMO_QUESTIONS_PATH,
+    TOOL_CALL_PROMPT_TEMPLATE,
+    make_training_mix,
+)
 
 
 logger = logging.getLogger("train_nq")
@@ -110,7 +116,8 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
         if script_args.retriever == SearchScriptArguments.retriever:
             script_args.retriever = "demo"
 
-    template = DEFAULT_PROMPT_TEMPLATE
+    # tool calls: the search tool reaches the model through its chat template; the prompt only asks for its use
+    template = TOOL_CALL_PROMPT_TEMPLATE if training_args.search_protocol == "tool_call" else DEFAULT_PROMPT_TEMPLATE
     if script_args.prompt_template_file:
         with open(script_args.prompt_template_file, encoding="utf-8") as handle:
             template = handle.read()
@@ -129,6 +136,11 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
         conversational = getattr(tokenizer, "chat_template", None) is not None
     else:
         conversational = script_args.prompt_style == "chat"
+    if training_args.search_protocol == "tool_call" and not conversational:
+        raise ValueError(
+            "search_protocol tool_call needs chat prompts (the tool comes through the chat template): "
+            "set --prompt_style chat or auto with a chat model."
+        )
     dataset = make_training_mix(
         [name.strip() for name in script_args.datasets.split(",") if name.strip()],
         split=script_args.train_split,

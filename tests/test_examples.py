@@ -61,7 +61,9 @@ def test_demo_config_trains_on_two_cpu_processes_with_deepspeed_zero2(tmp_path, 
 CONFIGS = os.path.join(ROOT, "examples", "configs")
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-3b-grpo.yaml", "qwen2.5-7b-grpo.yaml", "demo.yaml"])
+@pytest.mark.parametrize(
+    "name", ["qwen2.5-3b-grpo.yaml", "qwen2.5-7b-grpo.yaml", "qwen3-4b-tool-call.yaml", "demo.yaml"]
+)
 def test_configs_parse_and_start_with_their_launch_command(name):
     from .multiprocess.run_train_nq import load_example
 
@@ -75,6 +77,10 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     )
     if name == "demo.yaml":
         assert script_args.demo and training_args.max_turns == 2
+        return
+    if name == "qwen3-4b-tool-call.yaml":
+        assert training_args.search_protocol == "tool_call" and script_args.prompt_style == "chat"
+        assert model_args.model_name_or_path.startswith("Qwen/Qwen3-")
         return
     # the paper's settings (DESIGN.md section 1), 512 prompts per optimizer step on 8 GPUs; prompts formatted as
     # Search-R1's pipeline does (the chat template whenever the tokenizer has one)

@@ -232,3 +232,43 @@ def test_a_template_without_tool_calls_is_refused(tiny_tokenizer):
 def test_config_accepts_the_tool_call_protocol():
     args = SearchGRPOConfig(output_dir="out", use_cpu=True, bf16=False, report_to="none", search_protocol="tool_call")
     assert args.rollout_settings.protocol == "tool_call"
+
+
+class ToolCallOracle:
+    """A `TurnGenerator` for chat prompts: calls search with the question once, then answers it rightly."""
+
+    def __init__(self, tokenizer, family, answers: dict[str, str]):
+        self.tokenizer, self.family, self.answers = tokenizer, family, answers
+        self.eos_token_ids = [tokenizer.eos_token_id]
+
+    def generate(self, contexts, max_new_tokens, stop_strings):
+        from trl_search.generation import GeneratedTurn
+
+        turns = []
+        for context, limit in zip(contexts, max_new_tokens):
+            text = self.tokenizer.decode(context, skip_special_tokens=False)
+            question = next(q for q in self.answers if q in text)
+            searched = text.count(question) > 1  # the query repeats the question once searched
+            turn = answer_text(self.family, self.answers[question]) if searched else call_text(self.family, question)
+            ids = encode(self.tokenizer, turn)[:limit]
+            turns.append(GeneratedTurn(token_ids=ids, stopped=ids[-1] == self.tokenizer.eos_token_id))
+        return turns
+
+
+def test_evaluate_with_the_tool_call_protocol(family, chat_tokenizer, tmp_path):
+    from trl_search.data import load_qa_dataset
+    from trl_search.evaluation import evaluate
+
+    dataset = load_qa_dataset("demo", limit=4)
+    answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
+    results = evaluate(
+        None, "demo", ["demo"], tokenizer=chat_tokenizer, generator=ToolCallOracle(chat_tokenizer, family, answers),
+        protocol="tool_call", limit=4, max_turns=2, output_dir=str(tmp_path), progress=False,
+    )  # fmt: skip
+    assert results["rollout"]["protocol"] == "tool_call" and results["conversational"] is True
+    assert results["datasets"]["demo"]["em"] == 1.0
+    assert results["datasets"]["demo"]["searches_per_question"] == 1.0
+    with open(tmp_path / "trajectories.jsonl") as handle:
+        rows = [json.loads(line) for line in handle]
+    assert [row["answer"] for row in rows] == [answers[row["question"]] for row in rows]
+    assert all(row["format_valid"] is None for row in rows)  # the tag grammar does not apply to tool calls

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="passages per search (default: the model's search_config.json, else 3)",
     )
     parser.add_argument(
+        "--protocol",
+        choices=["tags", "tool_call"],
+        default=None,
+        help="how the model searches: Search-R1's tags, or a search tool called through the chat template (default: "
+        "the model's search_config.json, else tags)",
+    )
+    parser.add_argument(
         "--max_obs_length",
         "--max-obs-length",
         type=int,
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         max_obs_length=args.max_obs_length,
         max_tokens_per_turn=args.max_tokens_per_turn,
         max_completion_length=args.max_completion_length,
+        protocol=args.protocol,
         prompt_template=template,
         conversational={"auto": None, "yes": True, "no": False}[args.chat],
         label=args.label,
