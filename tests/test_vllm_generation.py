@@ -2,7 +2,6 @@
 
 import math
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from trl_search import SearchGRPOTrainer
 from trl_search.retrievers import BM25Retriever
 from trl_search.rollout import SearchRollout
-from trl_search.vllm_generation import VLLMColocateGenerator, VLLMServerGenerator, sampling_settings
+from trl_search.vllm_generation import VLLMColocateGenerator, VLLMServerGenerator
 
 from .fake_vllm import FakeLLM, FakeVLLMClient, ScriptedEngine, fake_vllm_module, install_fake_vllm
 from .test_trainer import CORPUS, SCRIPTS, make_config, make_dataset
@@ -143,19 +142,6 @@ def test_trainer_trains_on_vllm_rollouts_with_synced_weights(monkeypatch, tmp_pa
         assert entry["sampling/importance_sampling_ratio/mean"] == pytest.approx(1.0, abs=1e-3)
         assert entry["sampling/sampling_logp_difference/max"] < 1e-3
         assert entry["grad_norm"] > 0
-
-
-def test_sampling_settings_follow_trl_and_refuse_what_the_rollout_owns():
-    engine = SimpleNamespace(
-        repetition_penalty=1.1, temperature=0.7, top_p=0.9, top_k=20, min_p=None, logprobs=0,
-        generation_kwargs={"seed": 3},
-    )  # fmt: skip
-    assert sampling_settings(engine) == {
-        "repetition_penalty": 1.1, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0, "logprobs": 0, "seed": 3
-    }  # fmt: skip
-    engine.generation_kwargs = {"stop": ["\n"]}
-    with pytest.raises(ValueError, match="stop"):
-        sampling_settings(engine)
 
 
 @pytest.mark.parametrize("mode", ["colocate", "server"])

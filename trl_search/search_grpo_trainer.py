@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import nullcontext
 
 import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from ._trl_compat import full_params_context, processing_tokenizer
+from ._trl_compat import metrics as trainer_metrics
 from .data import tokenize_prompts
 from .gathered_retrieval import GatheredRetriever
 from .generation import TransformersGenerator
@@ -126,7 +127,7 @@ class SearchGRPOTrainer(GRPOTrainer):
             retriever = GatheredRetriever(retriever, self.accelerator)
         self.search_rollout = SearchRollout(
             retriever,
-            self._tokenizer,
+            processing_tokenizer(self),
             args.rollout_settings,
             eos_token_id=self.eos_token_ids[0],
             chat_template=self.chat_template,
@@ -192,13 +193,14 @@ class SearchGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False)
-            if hasattr(self, "_dist")
-            else nullcontext(),
+            full_params_context(self),
         ):
             if self._generator is None:
                 self._generator = TransformersGenerator(
-                    unwrapped_model, self._tokenizer, self.generation_config, eos_token_ids=self.eos_token_ids
+                    unwrapped_model,
+                    processing_tokenizer(self),
+                    self.generation_config,
+                    eos_token_ids=self.eos_token_ids,
                 )
             self._generator.model = unwrapped_model
             self._generator.collective_forward = self._forward_is_collective()
@@ -209,7 +211,9 @@ class SearchGRPOTrainer(GRPOTrainer):
     def _rollout_with_vllm(self, prompt_ids, golden_answers) -> RolloutOutput:
         # TRL's `_generate` has already pushed the current weights into the engine (`vllm_generation.sync_weights`).
         if self._vllm_generator is None:
-            self._vllm_generator = make_vllm_generator(self.vllm_generation, self._tokenizer, self.eos_token_ids)
+            self._vllm_generator = make_vllm_generator(
+                self.vllm_generation, processing_tokenizer(self), self.eos_token_ids
+            )
         with self._vllm_generator.session(self.vllm_generation):
             return self.search_rollout.run(
                 prompt_ids,
@@ -300,7 +304,7 @@ class SearchGRPOTrainer(GRPOTrainer):
         )
         count = max(self.accelerator.gather(torch.tensor([len(samples)], device=device)).sum().item(), 1)
         searches, invalid, turns, answered, masked, total, in_retrieval, with_gold = totals.tolist()
-        metrics = self._metrics[mode]
+        metrics = trainer_metrics(self, mode)
         metrics["search/searches_per_sample"].append(searches / count)
         metrics["search/invalid_action_rate"].append(invalid / max(turns, 1))
         metrics["search/masked_token_ratio"].append(masked / max(total, 1))

@@ -11,35 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 
+from ._trl_compat import extract_logprobs, put_engine_to_sleep, sampling_settings, wake_engine
 from .generation import GeneratedTurn
-
-
-def sampling_settings(vllm_generation) -> dict:
-    """The sampling parameters TRL's `VLLMGeneration` uses, as keyword arguments shared by both modes.
-
-    `generation_kwargs` (from `GRPOConfig.generation_kwargs`) override the named ones, as in TRL.
-
-    Example:
-        >>> sampling_settings(trainer.vllm_generation)  # doctest: +SKIP
-        {'repetition_penalty': 1.0, 'temperature': 1.0, 'top_p': 1.0, 'top_k': 0, 'min_p': 0.0, 'logprobs': 0}
-    """
-    settings = {
-        "repetition_penalty": vllm_generation.repetition_penalty,
-        "temperature": vllm_generation.temperature,
-        "top_p": vllm_generation.top_p,
-        "top_k": vllm_generation.top_k,
-        "min_p": 0.0 if vllm_generation.min_p is None else vllm_generation.min_p,
-        "logprobs": 0 if vllm_generation.logprobs is None else vllm_generation.logprobs,  # the sampled token's
-    }
-    extra = dict(vllm_generation.generation_kwargs or {})
-    owned = sorted({"n", "max_tokens", "stop", "include_stop_str_in_output"} & set(extra))
-    if owned:
-        raise ValueError(
-            f"generation_kwargs sets {owned}, which the search rollout sets itself on every turn (one sample per "
-            "prompt, the turn's token budget, the protocol's stop strings kept in the output); remove them."
-        )
-    settings.update(extra)
-    return settings
 
 
 def group_identical_rows(rows: Sequence[tuple[Sequence[int], int]]) -> list[list[int]]:
@@ -121,8 +94,6 @@ class VLLMColocateGenerator:
             sampling_params=[self._sampling_params(rows[group[0]][1], len(group), stop_strings) for group in groups],
             use_tqdm=False,
         )
-        from trl.generation.vllm_generation import extract_logprobs
-
         # TRL's reading of vLLM's per-position logprobs: one entry per completion, request-major
         all_logprobs, all_token_ids = extract_logprobs(outputs)
         turns: list[GeneratedTurn | None] = [None] * len(rows)
@@ -145,17 +116,12 @@ class VLLMColocateGenerator:
     def session(self, vllm_generation=None):
         """Wakes a sleeping engine for the whole rollout (all turns) and puts it back to sleep after, as TRL's
         `VLLMGeneration.generate` does around its single call."""
-        sleeping = vllm_generation is not None and vllm_generation.enable_sleep_mode
-        if sleeping:
-            if vllm_generation._llm_weights_sleeping:  # level-2 sleep dropped the weights: push them again
-                vllm_generation.sync_weights()
-            self.llm.wake_up(tags=["kv_cache"])
+        sleeping = wake_engine(vllm_generation)
         try:
             yield self
         finally:
             if sleeping:
-                self.llm.sleep(level=2)
-                vllm_generation._llm_weights_sleeping = True
+                put_engine_to_sleep(vllm_generation)
 
 
 class VLLMServerGenerator:
