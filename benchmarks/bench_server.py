@@ -1,19 +1,25 @@
-"""The /retrieve server under concurrent clients vs one client vs direct in-process calls (BM25, bm25s engine).
+"""The /retrieve server vs direct in-process search, side by side, at 1, 32 and 512 queries per request.
 
-Claim (issue 3): 8 concurrent client processes sharing one server get >= 0.8x the aggregate queries/s of calling
-the retriever directly in-process, because the server merges their requests into one batch.
+Claim (issue 15): the server reaches >= 0.9x of direct in-process search at >= 32 queries per request and >= 0.6x at
+1 query per request (BM25, bm25s engine, k=3), because its hot path is a plain ASGI handler and it merges concurrent
+requests into batches.
 
-    python benchmarks/bench_server.py                          # 100k passages, requests of 64 queries, k=3
-    python benchmarks/bench_server.py --passages 200000 --request-size 128
+    python benchmarks/bench_server.py                               # 100k passages
+    python benchmarks/bench_server.py --passages 200000 --workers 1 2
 
-The server runs as `trl-search serve` in its own process; each client is its own process with a keep-alive
-`RemoteRetriever`, sending requests of `--request-size` queries (one training process's turn) back to back.
+Direct: `retriever.search` called in this process on the same queries, one request's worth at a time. Server:
+`trl-search serve` in its own process; the load comes from wrk (C, one thread, a Lua script cycling through the
+pre-encoded request bodies) when installed, else from one asyncio process sending pre-encoded raw HTTP/1.1 requests
+over keep-alive connections, so the load generator costs little CPU next to the server. Both run on the same machine, so on a small box the client still takes some of the server's CPU: the
+`server CPU` column gives the server's own cost per query (what it needs when clients have other cores).
 """
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,47 +33,108 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_bm25 import generate_corpus, generate_queries  # noqa: E402
 
 
-def client(url: str, queries: list[str], request_size: int, start_at: float, results) -> None:
-    from trl_search.retrievers import RemoteRetriever
+def encode_requests(queries: list[str], size: int, host: str) -> list[bytes]:
+    requests = []
+    for start in range(0, len(queries), size):
+        body = json.dumps({"queries": queries[start : start + size], "topk": 3, "return_scores": True}).encode()
+        head = (
+            f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests
 
-    remote = RemoteRetriever(url, timeout=120)
-    remote.search(queries[:2], k=3)  # open the connection
-    while time.time() < start_at:
-        time.sleep(0.001)
+
+async def _connection(host: str, port: int, requests: list[bytes], answered: list) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    for request in requests:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"server answered {head[:40]!r}")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        answered.append(1)
+    writer.close()
+
+
+async def _load(host: str, port: int, requests: list[bytes], connections: int) -> float:
+    answered: list = []
+    shares = [requests[i::connections] for i in range(connections)]
     started = time.perf_counter()
-    for start in range(0, len(queries), request_size):
-        remote.search(queries[start : start + request_size], k=3)
-    results.put((len(queries), started, time.perf_counter()))
+    await asyncio.gather(*(_connection(host, port, share, answered) for share in shares if share))
+    return time.perf_counter() - started
 
 
-def run_clients(url: str, queries: list[str], clients: int, request_size: int) -> float:
-    """Aggregate queries/s of `clients` processes, each sending its share of `queries`."""
+def load_process(host: str, port: int, requests: list[bytes], connections: int, out) -> None:
+    out.put(asyncio.run(_load(host, port, requests, connections)))
+
+
+WRK_SCRIPT = """
+local bodies, index = {}, 0
+for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  index = index % #bodies + 1
+  return wrk.format(nil, "/retrieve", nil, bodies[index])
+end
+response = function(status, headers, body)
+  if status ~= 200 then error("status " .. status) end
+end
+"""
+
+
+def run_wrk(port: int, queries: list[str], size: int, connections: int, seconds: int, workdir: str) -> float:
+    """Queries per second under wrk (C, one thread): `connections` keep-alive connections for `seconds`."""
+    bodies = os.path.join(workdir, f"bodies-{size}.txt")
+    with open(bodies, "w") as handle:
+        for start in range(0, len(queries), size):
+            handle.write(json.dumps({"queries": queries[start : start + size], "topk": 3, "return_scores": True}))
+            handle.write("\n")
+    script = os.path.join(workdir, "load.lua")
+    with open(script, "w") as handle:
+        handle.write(WRK_SCRIPT)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "-s", script]
+    command.append(f"http://127.0.0.1:{port}")
+    output = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "BENCH_BODIES": bodies}, check=True
+    ).stdout
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise RuntimeError(f"wrk saw errors:\n{output}")
+    requests_per_s = float(output.split("Requests/sec:")[1].split()[0])
+    return requests_per_s * size
+
+
+def run_load(host: str, port: int, requests: list[bytes], connections: int) -> float:
+    """Seconds to send all `requests` over `connections` keep-alive connections, from a separate process."""
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    share = len(queries) // clients
-    start_at = time.time() + 3.0
-    processes = [
-        context.Process(
-            target=client, args=(url, queries[i * share : (i + 1) * share], request_size, start_at, results)
-        )
-        for i in range(clients)
-    ]
-    for process in processes:
-        process.start()
-    rows = [results.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join()
-    total = sum(count for count, _, _ in rows)
-    # Wall time from the first client's start to the last client's end (all started together).
-    return total / (max(end for _, _, end in rows) - min(begin for _, begin, _ in rows))
+    out = context.Queue()
+    process = context.Process(target=load_process, args=(host, port, requests, connections, out))
+    process.start()
+    seconds = out.get(timeout=900)
+    process.join()
+    return seconds
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passages", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=16_384)
-    parser.add_argument("--request-size", type=int, default=64)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--queries", type=int, default=8192, help="Queries per measurement.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 32, 512], help="Queries per request.")
+    parser.add_argument(
+        "--connections", type=int, default=32, help="Most concurrent client connections (fewer for large requests)."
+    )
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="Server processes to measure.")
+    parser.add_argument("--threads", type=int, default=1, help="bm25s query threads (server and direct).")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per setting; the best is kept (less noise).")
+    parser.add_argument(
+        "--load",
+        choices=["wrk", "asyncio"],
+        default="wrk" if shutil.which("wrk") else "asyncio",
+        help="Load generator: wrk (C; `apt-get install wrk`) when installed, else one asyncio process.",
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="wrk: seconds per run.")
     args = parser.parse_args()
 
     from trl_search.retrievers import BM25Retriever
@@ -76,68 +143,84 @@ def main():
     corpus = os.path.join(workdir, "corpus.jsonl")
     generate_corpus(corpus, args.passages)
     queries = generate_queries(corpus, args.queries)
-    retriever = BM25Retriever.build(corpus)
-    retriever.save(os.path.join(workdir, "index"))
-    print(f"{args.passages:,} passages, {len(queries):,} queries, requests of {args.request_size}, k=3")
+    BM25Retriever.build(corpus).save(os.path.join(workdir, "index"))
+    retriever = BM25Retriever.load(os.path.join(workdir, "index"), n_threads=args.threads)
+    print(
+        f"{args.passages:,} passages, {len(queries):,} queries per run, k=3, {os.cpu_count()} CPUs, "
+        f"at most {args.connections} client connections, best of {args.repeats}"
+    )
 
-    # Direct, in-process: the same requests, one after another, and the best case of whole 512-query batches.
-    retriever.search(queries[:8], k=3)
     direct, direct_cpu = {}, {}
-    for size in (args.request_size, 512):
-        started, cpu = time.perf_counter(), time.process_time()
-        for start in range(0, len(queries), size):
-            retriever.search(queries[start : start + size], k=3)
-        direct[size] = len(queries) / (time.perf_counter() - started)
-        direct_cpu[size] = len(queries) / (time.process_time() - cpu)
+    retriever.search(queries[:64], k=3)
+    for size in args.sizes:
+        best = 0.0
+        for _ in range(args.repeats):
+            started, cpu = time.perf_counter(), time.process_time()
+            for start in range(0, len(queries), size):
+                retriever.search(queries[start : start + size], k=3)
+            qps = len(queries) / (time.perf_counter() - started)
+            if qps > best:
+                best, direct_cpu[size] = qps, (time.process_time() - cpu) / len(queries)
+        direct[size] = best
     del retriever
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "trl_search.cli", "serve", "--retriever", os.path.join(workdir, "index")]
-    server = subprocess.Popen([*command, "--port", str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/retrieve"
-    try:
-        import requests
+    import psutil
+    import requests as http
 
-        for _ in range(600):
-            try:
-                requests.get(url.replace("/retrieve", "/health"), timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        import psutil
+    rows = []
+    for workers in args.workers:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "trl_search.cli", "serve", "--retriever", os.path.join(workdir, "index")]
+        command += ["--port", str(port), "--workers", str(workers), "--threads", str(args.threads), "--mmap"]
+        server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(600):
+                try:
+                    http.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                    break
+                except http.RequestException:
+                    time.sleep(0.1)
+            time.sleep(1.0 if workers > 1 else 0.0)  # let every worker finish loading
+            processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+            for size in args.sizes:
+                # Enough requests in flight to keep the server's batches full, not so many that they time out.
+                connections = max(2, min(args.connections, 2048 // size))
+                requests = encode_requests(queries, size, "127.0.0.1")
+                run_load("127.0.0.1", port, requests[: connections * 2], connections)  # warm up
+                best, cpu_per_query = 0.0, 0.0
+                for _ in range(args.repeats):
+                    cpu = sum(sum(p.cpu_times()[:2]) for p in processes)
+                    if args.load == "wrk":
+                        qps = run_wrk(port, queries, size, connections, args.seconds, workdir)
+                        served = qps * args.seconds
+                    else:
+                        qps = len(queries) / run_load("127.0.0.1", port, requests, connections)
+                        served = len(queries)
+                    if qps > best:
+                        best = qps
+                        cpu_per_query = (sum(sum(p.cpu_times()[:2]) for p in processes) - cpu) / served
+                rows.append((workers, size, best, cpu_per_query))
+                print(f"  workers={workers} size={size}: {best:,.0f} q/s", flush=True)
+        finally:
+            for child in psutil.Process(server.pid).children(recursive=True):
+                child.kill()
+            server.kill()
+            server.wait()
 
-        server_process = psutil.Process(server.pid)
-        one = run_clients(url, queries[: len(queries) // 4], 1, args.request_size)
-        cpu_before = sum(server_process.cpu_times()[:2])
-        many = run_clients(url, queries, args.clients, args.request_size)
-        # Server CPU per query: what the server costs when its clients run on other cores (a real node).
-        server_cpu_qps = len(queries) / (sum(server_process.cpu_times()[:2]) - cpu_before)
-        health = requests.get(url.replace("/retrieve", "/health"), timeout=5).json()
-    finally:
-        server.kill()
-        server.wait()
-
-    print("\n| setup | queries/s | vs direct (same request size) |")
-    print("|---|---|---|")
-    print(f"| direct in-process, batches of {args.request_size} | {direct[args.request_size]:,.0f} | 1.00x |")
+    print(f"\nload generator: {args.load}")
     print(
-        f"| direct in-process, batches of 512 | {direct[512]:,.0f} | {direct[512] / direct[args.request_size]:.2f}x |"
+        "| queries/request | server workers | direct q/s | server q/s | server / direct "
+        "| CPU µs/query direct | CPU µs/query server |"
     )
-    print(f"| server, 1 client | {one:,.0f} | {one / direct[args.request_size]:.2f}x |")
-    print(f"| server, {args.clients} concurrent clients | {many:,.0f} | {many / direct[args.request_size]:.2f}x |")
-    merged = health["queries"] / max(1, health["batches"])
-    print(
-        f"\nserver merged {health['requests']:,} requests into {health['batches']:,} batches ({merged:.0f} queries/batch)"
-    )
-    print(f"{args.clients} clients vs 1 client: {many / one:.2f}x; vs direct: {many / direct[args.request_size]:.2f}x")
-    cpu_ratio = server_cpu_qps / direct_cpu[args.request_size]
-    print(
-        f"queries per CPU-second: server process {server_cpu_qps:,.0f} vs direct {direct_cpu[args.request_size]:,.0f} "
-        f"({cpu_ratio:.2f}x): the server's capacity relative to in-process search when clients have their own cores"
-    )
-    print(json.dumps({"direct": direct, "one_client": one, "clients": many}))
+    print("|---|---|---|---|---|---|---|")
+    for workers, size, qps, cpu in rows:
+        print(
+            f"| {size} | {workers} | {direct[size]:,.0f} | {qps:,.0f} | {qps / direct[size]:.2f}x "
+            f"| {direct_cpu[size] * 1e6:,.0f} | {cpu * 1e6:,.0f} |"
+        )
+    print(json.dumps({"direct": direct, "server": [list(row) for row in rows]}))
 
 
 if __name__ == "__main__":

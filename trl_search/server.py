@@ -20,6 +20,7 @@ import asyncio
 import collections
 import ctypes
 import json
+import math
 import os
 import secrets
 import threading
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring, encode_basestring_ascii
 
 from .retrievers.base import Passage, Retriever
 
@@ -172,7 +174,7 @@ def parse_request(body: bytes, config: ServerConfig) -> RetrieveRequest:
     if not body.strip():
         raise RequestError(400, 'Empty body: send JSON such as {"queries": ["who wrote hamlet"], "topk": 3}.')
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise RequestError(400, f"The body is not UTF-8 encoded JSON: {error}.") from None
     except ValueError as error:  # JSONDecodeError, or NaN/Infinity
@@ -225,26 +227,36 @@ def parse_request(body: bytes, config: ServerConfig) -> RetrieveRequest:
     return RetrieveRequest(queries, min(requested_k, config.max_topk), requested_k, bool(return_scores))
 
 
+_HIT = '{"document":{"id":%s,"contents":%s},"score":%r}'
+_DOCUMENT = '{"id":%s,"contents":%s}'
+
+
+def _encode_rows(hits: list[list[Passage]], return_scores: bool, quote) -> str:
+    if return_scores:
+        for row in hits:
+            for passage in row:
+                if not math.isfinite(passage.score):
+                    raise ValueError(f"the retriever gave passage {passage.id!r} the score {passage.score}")
+        rows = (",".join(_HIT % (quote(p.id), quote(p.contents), float(p.score)) for p in row) for row in hits)
+    else:
+        rows = (",".join(_DOCUMENT % (quote(p.id), quote(p.contents)) for p in row) for row in hits)
+    return ",".join(f"[{row}]" for row in rows)
+
+
 def encode_hits(hits: list[list[Passage]], return_scores: bool) -> bytes:
     """The JSON of a list of per-query hit lists, without the outer brackets (so slices can be concatenated).
 
     `contents` is returned verbatim; text that is not valid Unicode (a lone surrogate) is sent \\u-escaped.
+    Written with the json module's string encoder directly, without building a dict per hit.
 
     Example:
         >>> encode_hits([[Passage.from_contents("7", '"Paris"\\nParis is in France.', 1.5)]], True)
-        b'[{"document": {"id": "7", "contents": "\\\\"Paris\\\\"\\\\nParis is in France."}, "score": 1.5}]'
+        b'[{"document":{"id":"7","contents":"\\\\"Paris\\\\"\\\\nParis is in France."},"score":1.5}]'
     """
-    if return_scores:
-        rows = [
-            [{"document": {"id": p.id, "contents": p.contents}, "score": float(p.score)} for p in row] for row in hits
-        ]
-    else:
-        rows = [[{"id": p.id, "contents": p.contents} for p in row] for row in hits]
-    text = json.dumps(rows, ensure_ascii=False, allow_nan=False)[1:-1]
     try:
-        return text.encode("utf-8")
+        return _encode_rows(hits, return_scores, encode_basestring).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(rows, allow_nan=False)[1:-1].encode("ascii")
+        return _encode_rows(hits, return_scores, encode_basestring_ascii).encode("ascii")
 
 
 # ----- batching, fairness and backpressure ----------------------------------------------------------------------
@@ -742,20 +754,28 @@ class RetrievalServer:
         await _send_error(send, 503, message, [(b"retry-after", str(self.config.retry_after_s).encode())])
 
     async def _answer(self, receive, send, job: SearchJob, timeout: float, headers: list) -> None:
-        hung_up = asyncio.ensure_future(receive())  # completes with http.disconnect when the client goes away
-        try:
-            await asyncio.wait((job.future, hung_up), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hung_up.cancel()
-        if not job.future.done():
-            self.batcher.cancel(job)  # its unsearched slices are dropped
-            job.future.cancel()
-            if not hung_up.cancelled() and hung_up.done():
-                return  # the client hung up: nobody to answer
-            await self._send_unavailable(
-                send, f"The request's deadline of {timeout:g} s passed before it was searched."
-            )
-            return
+        if len(job.queries) <= self.batcher.max_batch_queries:
+            # One slice: nothing to drop once it is scheduled, and the batcher expires it if it waits past its
+            # deadline. Skipping the disconnect watch keeps a 1-query request cheap.
+            try:
+                await job.future
+            except Exception:
+                pass  # answered below
+        else:
+            hung_up = asyncio.ensure_future(receive())  # completes with http.disconnect when the client goes away
+            try:
+                await asyncio.wait((job.future, hung_up), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hung_up.cancel()
+            if not job.future.done():
+                self.batcher.cancel(job)  # its unsearched slices are dropped
+                job.future.cancel()
+                if not hung_up.cancelled() and hung_up.done():
+                    return  # the client hung up: nobody to answer
+                await self._send_unavailable(
+                    send, f"The request's deadline of {timeout:g} s passed before it was searched."
+                )
+                return
         error = job.future.exception()
         if isinstance(error, TimeoutError):
             await self._send_unavailable(
@@ -812,7 +832,9 @@ class ServerThread:
         _, uvicorn = _require_server_deps()
         app = create_app(retriever, config)
         self.app = app
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)
+        )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self.host = host
         self.port = port
@@ -873,7 +895,7 @@ def serve(
         >>> serve(load_retriever("indexes/wiki-bm25"), port=8000)  # doctest: +SKIP
     """
     _, uvicorn = _require_server_deps()
-    options = {"host": host, "port": port, "log_level": "info", "access_log": False}
+    options = {"host": host, "port": port, "log_level": "info", "access_log": False, "proxy_headers": False}
     if workers > 1:
         if retriever is not None or WORKER_SPEC_ENV not in os.environ:
             raise ValueError(f"serve(workers>1) opens the retriever in each worker from ${WORKER_SPEC_ENV}.")
