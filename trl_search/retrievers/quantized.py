@@ -24,8 +24,7 @@ class Int8RescoredIndex:
         low, step: (d,) float32 arrays, the quantisation grid.
         vectors: the full-precision (n, d) vectors for re-scoring: a numpy array or memmap, kept where it is.
         candidates: short-list length per query (at least k).
-        scan: `"int8"` (int8 x int8 -> int32 products, queries quantised too) or `"float"` (codes dequantised block by
-            block); `None` picks int8 on CPU and float on GPU.
+        scan: `"int8"` (the default; falls back to `"float"` where `torch._int_mm` does not run) or `"float"`.
         block_bytes: size of one block's score matrix; bounds the scan's extra memory.
 
     Example:
@@ -56,7 +55,7 @@ class Int8RescoredIndex:
         self.step = np.asarray(step, dtype=np.float32)
         self.vectors = vectors
         self.candidates = candidates
-        self.scan = scan or ("int8" if codes.device.type == "cpu" else "float")
+        self.scan = scan or "int8"
         self.block_bytes = block_bytes
         self._int8_works: bool | None = None
 
@@ -126,7 +125,9 @@ class Int8RescoredIndex:
         device = self.codes.device
         # q . x ~ sum_j (q_j step_j) code_j + (a per-query constant, which does not change the ranking)
         scaled = torch.from_numpy(queries * self.step).to(device)
-        float_queries = scaled.to(torch.float16 if device.type == "cuda" else torch.float32)
+        # Float scan: L1-normalised queries keep every fp16 score within +-128 (no overflow, no subnormal inputs).
+        l1 = scaled.abs().sum(dim=1, keepdim=True).clamp(min=1e-30)
+        float_queries = (scaled / l1).to(torch.float16 if device.type == "cuda" else torch.float32)
         query_scale = scaled.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127.0
         # The int8 kernel wants more than 16 rows and sizes divisible by 8: pad the queries with zero rows.
         rows = max(32, -(-len(queries) // 8) * 8)
@@ -140,7 +141,7 @@ class Int8RescoredIndex:
                 if self._int8_scan and block.shape[0] % 8 == 0:
                     scores = torch._int_mm(query_codes, block.T)[: len(queries)].float() * query_scale
                 else:
-                    scores = float_queries @ block.to(float_queries.dtype).T
+                    scores = (float_queries @ block.to(float_queries.dtype).T).float() * l1
                 top_scores, top_ids = _block_topk(scores, min(depth, block.shape[0]))
                 best_scores.append(top_scores.float())
                 best_ids.append(top_ids + start)
