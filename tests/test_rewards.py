@@ -2,7 +2,7 @@ import pickle
 
 import pytest
 
-from trl_search.protocols import TagsProtocol
+from trl_search.protocols import TagsProtocol, is_valid_sequence, validate_sequence
 from trl_search.retrievers import Passage
 from trl_search.rewards import (
     FormatReward,
@@ -11,8 +11,6 @@ from trl_search.rewards import (
     exact_match_reward,
     f1_reward,
     get_format_reward,
-    is_valid_sequence,
-    validate_sequence,
 )
 
 

@@ -27,7 +27,8 @@ from .data import (
     make_search_prompt,
     tokenize_prompts,
 )
-from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward, validate_sequence
+from .protocols import validate_sequence
+from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward
 from .rollout import RolloutSettings
 
 

@@ -76,6 +76,88 @@ def extract_answer(text: str) -> str | None:
     return span.strip()
 
 
+# --- The tag grammar: what a well-formed completion looks like (the format reward and evaluation read it) -------------------------------------------------------------------------------------------
+
+_TAG = re.compile(r"</?(think|search|information|answer)>")  # exactly as the protocol writes them
+INFORMATION_BLOCK = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+# After each block, which blocks may come next. A turn is: reasoning, then one action (a search, answered by an
+# observation, or the final answer). `None` marks the start of the completion.
+_NEXT_BLOCKS = {
+    None: {"think"},
+    "think": {"search", "answer"},
+    "search": {"information"},
+    "information": {"think"},
+    "answer": set(),
+}
+_NEXT_BLOCKS_THINK_OPTIONAL = {
+    None: {"think", "search", "answer"},
+    "think": {"search", "answer"},
+    "search": {"information"},
+    "information": {"think", "search", "answer"},
+    "answer": set(),
+}
+# Text the tokenizer may leave after the final answer: end-of-sequence markers such as `<|im_end|>` or `</s>`.
+_END_MARKERS = re.compile(r"<\|[^|>]*\|>|</s>|<eos>|<end_of_turn>")
+
+
+def validate_sequence(text: str, require_think: bool = True) -> str | None:
+    """Checks that a completion follows the protocol and returns `None` if it does, else the reason it does not.
+
+    A well-formed completion is a series of turns, each `<think>...</think>` followed by an action: either
+    `<search>query</search>` answered by `<information>...</information>`, or the final `<answer>...</answer>`, which
+    ends the completion. Only white space may sit between blocks; end-of-sequence markers (`<|im_end|>`, `</s>`) may
+    follow the answer. Blocks do not nest. The body of an `<information>` block is opaque (retrieved text). With
+    `require_think=False` the `<think>` blocks become optional.
+
+    Example:
+        >>> validate_sequence("<think>a</think><search>q</search><information>d</information><think>b</think><answer>x</answer>")
+        >>> validate_sequence("<think>a</think><answer>x</answer> trailing words")
+        "text after the final </answer>: 'trailing words'"
+    """
+    allowed = _NEXT_BLOCKS if require_think else _NEXT_BLOCKS_THINK_OPTIONAL
+    position, previous = 0, None
+    while True:
+        match = _TAG.search(text, position)
+        gap = text[position : match.start() if match else len(text)]
+        if previous == "answer":
+            rest = _END_MARKERS.sub("", text[position:]).strip()
+            return f"text after the final </answer>: {rest[:40]!r}" if rest else None
+        if gap.strip():
+            where = f"before <{match.group(1)}>" if match else "at the end"
+            return f"text outside any block {where}: {gap.strip()[:40]!r}"
+        if match is None:
+            return "no <answer> block" if previous != "answer" else None
+        tag = match.group(0)
+        name = match.group(1)
+        if tag.startswith("</"):
+            return f"{tag} without a matching <{name}>"
+        if name not in allowed[previous]:
+            expected = " or ".join(f"<{block}>" for block in sorted(allowed[previous]))
+            after = f"after </{previous}>" if previous else "at the start"
+            return f"<{name}> {after}; expected {expected}"
+        closing = text.find(f"</{name}>", match.end())
+        if closing == -1:
+            return f"<{name}> is never closed"
+        body = text[match.end() : closing]
+        if name != "information" and _TAG.search(body):
+            return f"a tag inside <{name}>...</{name}>: {_TAG.search(body).group(0)}"
+        if name in ("search", "answer") and not body.strip():
+            return f"empty <{name}> block"
+        position, previous = closing + len(f"</{name}>"), name
+
+
+def is_valid_sequence(text: str, require_think: bool = True) -> bool:
+    """Whether a completion follows the think/search/information/answer protocol (see `validate_sequence`).
+
+    Example:
+        >>> is_valid_sequence("<think>easy</think><answer>Paris</answer>")
+        True
+        >>> is_valid_sequence("<answer>Paris</answer><answer>Lyon</answer>")
+        False
+    """
+    return validate_sequence(text, require_think=require_think) is None
+
+
 class TagsProtocol:
     """Search-R1's tag protocol: `<search> q </search>`, `<information> ... </information>`, `<answer> a </answer>`.
 
