@@ -96,9 +96,10 @@ class ScriptedEngine:
     string) unless it ends in "<EOS>".
     """
 
-    def __init__(self, tokenizer, scripts: dict[str, list[list[str]]], policy=None):
+    def __init__(self, tokenizer, scripts: dict[str, list[list[str]]], policy=None, turn_marker="</information>"):
         self.tokenizer = tokenizer
         self.scripts = scripts
+        self.turn_marker = turn_marker  # text that each observation adds once: counts the turns already taken
         # With a policy (a copy of the trained model holding the synced weights), the logprobs are that model's, as a
         # real engine's would be; without one, `token_logprob`.
         self.policy = policy
@@ -118,7 +119,7 @@ class ScriptedEngine:
         else:
             trajectory = trajectories[self.next_trajectory[marker] % len(trajectories)]
             self.next_trajectory[marker] += 1
-        turn = completion.count("</information>") if started else 0
+        turn = completion.count(self.turn_marker) if started else 0
         return trajectory[turn] if turn < len(trajectory) else "<EOS>"
 
     def continue_context(
@@ -301,14 +302,14 @@ class FakeEngines:
     instances: list = field(default_factory=list)
 
 
-def install_fake_vllm(monkeypatch, tokenizer, scripts, mode: str) -> FakeEngines:
+def install_fake_vllm(monkeypatch, tokenizer, scripts, mode: str, turn_marker="</information>") -> FakeEngines:
     """Makes TRL's `VLLMGeneration` build a fake engine (colocate) or a fake client (server) instead of a real one;
     everything else in TRL's vLLM path (weight sync, settings) stays real."""
     import sys
 
     from trl.generation.vllm_generation import VLLMGeneration
 
-    fakes = FakeEngines(engine=ScriptedEngine(tokenizer, scripts))
+    fakes = FakeEngines(engine=ScriptedEngine(tokenizer, scripts, turn_marker=turn_marker))
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
 
     def _init_vllm(self):

@@ -272,3 +272,50 @@ def test_evaluate_with_the_tool_call_protocol(family, chat_tokenizer, tmp_path):
         rows = [json.loads(line) for line in handle]
     assert [row["answer"] for row in rows] == [answers[row["question"]] for row in rows]
     assert all(row["format_valid"] is None for row in rows)  # the tag grammar does not apply to tool calls
+
+
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_two_grpo_steps_with_tool_calls(monkeypatch, tmp_path, mode):
+    """Real GRPO steps on a tiny chat model whose tool-call turns come from a fake vLLM engine (scripted per prompt):
+    the loss sees the rollout's mask, the weights move, and the rewards score the final assistant messages."""
+    import torch
+    from datasets import Dataset
+
+    from trl_search import SearchGRPOTrainer
+    from trl_search.offline_models import build_model
+
+    from .fake_vllm import install_fake_vllm
+    from .test_trainer import make_config
+
+    tokenizer = build_chat_tokenizer(TEXTS, "qwen2_5", vocab_size=600)
+    model = build_model(tokenizer)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    call = '<tool_call>\n{"name": "search", "arguments": {"query": "capital of Veldoria"}}\n</tool_call><EOS>'
+    scripts = {"[s0]": [[call, "Quarnel<EOS>"], ["Tesk<EOS>"]]}  # a right answer after a search, a wrong guess
+    install_fake_vllm(monkeypatch, tokenizer, scripts, mode, turn_marker="</tool_response>")
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "[s0] capital?"}], "golden_answers": ["Quarnel"]}] * 4
+    )
+    seen = []
+
+    def recording_reward(completions, golden_answers, predicted_answer, **kwargs):
+        seen.extend(predicted_answer)
+        return exact_match_reward(completions, golden_answers, predicted_answer=predicted_answer)
+
+    initial = {name: param.detach().clone() for name, param in model.named_parameters()}
+    trainer = SearchGRPOTrainer(
+        model=model,
+        reward_funcs=recording_reward,
+        processing_class=tokenizer,
+        retriever=BM25Retriever.build(CORPUS, backend="numpy"),
+        args=make_config(tmp_path, search_protocol="tool_call", use_vllm=True, vllm_mode=mode,
+                         max_completion_length=400, max_obs_length=120, max_tokens_per_turn=64),
+        train_dataset=dataset,
+    )  # fmt: skip
+    trainer.train()
+
+    assert set(seen) == {"Quarnel", "Tesk"}
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 2 and all(entry["search/searches_per_sample"] > 0 for entry in steps)
+    assert all(0 < entry["search/masked_token_ratio"] < 1 for entry in steps)
+    assert any(not torch.equal(param, initial[name]) for name, param in model.named_parameters())
