@@ -319,3 +319,18 @@ def test_two_grpo_steps_with_tool_calls(monkeypatch, tmp_path, mode):
     assert len(steps) == 2 and all(entry["search/searches_per_sample"] > 0 for entry in steps)
     assert all(0 < entry["search/masked_token_ratio"] < 1 for entry in steps)
     assert any(not torch.equal(param, initial[name]) for name, param in model.named_parameters())
+
+
+def test_the_trajectory_example_runs():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.run(
+        [sys.executable, "examples/tool_call_trajectory.py", "--family", "llama3_1"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "2 searches ['river Merlow', 'capital of Veldoria'], answer 'Quarnel'" in process.stdout
+    assert process.stdout.count("--- mask 0") == 2 and process.stdout.count("--- mask 1") == 3
