@@ -121,9 +121,29 @@ def model_card_section(settings: dict, model_id: str) -> str:
     """
     retriever = settings.get("retriever") or {}
     retriever_text = ", ".join(f"{key}={value}" for key, value in retriever.items() if not isinstance(value, dict))
+    tool_call = settings.get("protocol") == "tool_call"
+    protocol = (
+        "a `search(query)` tool called through the chat template, passages returned as tool messages"
+        if tool_call
+        else "`<search> query </search>`, `<information> ... </information>`, `<answer> ... </answer>`"
+    )
+    how = (
+        "It calls a `search(query)` tool through its chat template, reads the passages returned as tool messages "
+        "(masked out of the loss during training), and answers in its final message."
+        if tool_call
+        else "It writes its reasoning in\n`<think>`, asks a search engine with `<search> query </search>`, reads the "
+        "passages returned in\n`<information> ... </information>` (masked out of the loss during training), and "
+        "answers in `<answer> ... </answer>`."
+    )
+    continue_with = (
+        "generate an assistant turn; run its `search` calls and append the passages as tool messages rendered by the "
+        "chat template, then continue"
+        if tool_call
+        else f"generate turn by turn, stopping at {settings['stop_strings']}; after `</search>`, append the "
+        f"top-{settings['retrieval_top_k']}\n# passages as `<information>Doc 1(Title: ...) ...</information>` and continue"
+    )
     rows = [
-        ("Protocol", f"`{settings['protocol']}`: `<search> query </search>`, `<information> ... </information>`, "
-         "`<answer> ... </answer>`"),
+        ("Protocol", f"`{settings['protocol']}`: {protocol}"),
         ("Searches per question (max)", settings["max_turns"]),
         ("Passages per search", settings["retrieval_top_k"]),
         ("Observation length (tokens, max)", settings["max_obs_length"]),
@@ -138,9 +158,7 @@ def model_card_section(settings: dict, model_id: str) -> str:
 ## Search
 
 This model was trained with trl-search (`SearchGRPOTrainer`, GRPO with a multi-turn search
-rollout, the Search-R1 method, [arXiv:2503.09516](https://arxiv.org/abs/2503.09516)). It writes its reasoning in
-`<think>`, asks a search engine with `<search> query </search>`, reads the passages returned in
-`<information> ... </information>` (masked out of the loss during training), and answers in `<answer> ... </answer>`.
+rollout, the Search-R1 method, [arXiv:2503.09516](https://arxiv.org/abs/2503.09516)). {how}
 
 | Setting | Value |
 |---|---|
@@ -152,7 +170,7 @@ The settings, with the exact prompt template, are in `{SEARCH_SETTINGS_NAME}`. R
 pip install trl-search
 trl-search index --corpus corpus.jsonl --out index          # a BM25 index over your passages
 trl-search serve --retriever index --port 8000               # or pass the index directory directly below
-trl-search eval --model {model_id} --retriever http://127.0.0.1:8000/retrieve --datasets nq
+trl-search eval --model {model_id} --retriever http://127.0.0.1:8000/retrieve --datasets nq  # settings from {SEARCH_SETTINGS_NAME}
 ```
 
 ```python
@@ -162,7 +180,6 @@ from trl_search.data import make_search_prompt
 settings = load_search_settings("{model_id}")
 prompt = make_search_prompt("Who founded Brantis?", template=settings["prompt_template"],
                             conversational=settings["prompt_format"] == "conversational")
-# generate turn by turn, stopping at {settings["stop_strings"]}; after `</search>`, append the top-{settings["retrieval_top_k"]}
-# passages as `<information>Doc 1(Title: ...) ...</information>` and continue (trl_search.rollout.SearchRollout does it).
+# {continue_with} (trl_search.rollout.SearchRollout does it).
 ```
 """
