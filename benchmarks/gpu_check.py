@@ -184,7 +184,7 @@ def train(args) -> None:
     if args.trainer == "search":  # our trainer, through the example script
         argv = [
             "--model_name_or_path", args.model, "--retriever", "demo", "--datasets", "demo", "--max_turns",
-            str(args.max_turns), "--top_k", "3", "--max_tokens_per_turn", str(args.tokens_per_turn),
+            str(args.max_turns), "--retrieval_top_k", "3", "--max_tokens_per_turn", str(args.tokens_per_turn),
             "--max_obs_length", "128", "--max_completion_length", str(args.completion_length), *_common_args(args),
         ]  # fmt: skip
         script_args, training_args, model_args = train_nq.make_parser().parse_args_and_config(argv)
