@@ -140,14 +140,16 @@ class BM25Retriever(Retriever):
             writer = PassageStoreWriter(workdir)
             builder = ENGINES[engine].Builder(parameters, workdir)
             total = _corpus_length(corpus.source) if show_progress else None
+            # Engines that take texts tokenise them fused with their term lookup (same terms as `tokenize`).
+            add = builder.add_texts if hasattr(builder, "add_texts") else (lambda batch: builder.add(tokenize(batch)))
             texts = []
             for passage in _progress(corpus, show_progress, total):
                 writer.add(passage)
                 texts.append(passage.contents)
                 if len(texts) >= batch_size:
-                    builder.add(tokenize(texts))
+                    add(texts)
                     texts = []
-            builder.add(tokenize(texts))
+            add(texts)
             count, checksum = writer.close()
             if count == 0:
                 raise ValueError("The corpus is empty: BM25Retriever.build needs at least one passage.")

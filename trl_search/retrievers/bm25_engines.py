@@ -68,24 +68,39 @@ class BM25sEngine:
         self.n_threads = n_threads
 
     class Builder:
+        """Streams texts into term ids (tokenisation fused with the vocabulary lookup) and the score matrix builder
+        (`bm25_kernel.BM25MatrixBuilder`): the index bm25s builds, bit for bit, without its per-document lists."""
+
         def __init__(self, parameters: dict, workdir: str):
+            from .bm25_kernel import BM25MatrixBuilder
+            from .tokenization import TermIds
+
             self.parameters = parameters
-            self.vocab: dict[str, int] = {}
-            self.ids: list[list[int]] = []
+            self.terms = TermIds()
+            self.matrix = BM25MatrixBuilder(parameters["k1"], parameters["b"])
+
+        def add_texts(self, texts: list[str]) -> None:
+            self.matrix.add(*self.terms.encode(texts))
 
         def add(self, token_lists: list[list[str]]) -> None:
-            vocab = self.vocab
+            """Adds already tokenised documents (terms of `tokenize`)."""
+            vocab, terms = self.terms.vocab, self.terms.terms
             for token in {token for tokens in token_lists for token in tokens if token not in vocab}:
-                vocab[token] = len(vocab)
-            self.ids.extend([vocab[token] for token in tokens] for tokens in token_lists)
+                vocab[token] = len(terms)
+                terms.append(token)
+            ids = np.fromiter((vocab[t] for tokens in token_lists for t in tokens), dtype=np.int32)
+            self.matrix.add(ids, np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists)))
 
         def finish(self, n_threads: int = 1) -> BM25sEngine:
             import bm25s
-            from bm25s.tokenization import Tokenized
 
+            vocab = dict(self.terms.vocab)
+            scores = self.matrix.finish(n_terms=len(vocab))
+            vocab[""] = len(vocab)  # bm25s's empty token, kept so the saved index is exactly bm25s's layout
             model = bm25s.BM25(k1=self.parameters["k1"], b=self.parameters["b"], method="lucene", backend="numpy")
-            model.index(Tokenized(ids=self.ids, vocab=self.vocab), show_progress=False)
-            self.ids = []  # the sparse score matrix holds everything from here on
+            model.scores, model.vocab_dict = scores, vocab
+            model.unique_token_ids_set = set(vocab.values())
+            model.nonoccurrence_array = None
             return BM25sEngine(model, self.parameters["backend"], n_threads)
 
     @property

@@ -103,3 +103,101 @@ def bm25_topk(scores: dict, query_ids: list[list[int]], k: int, n_threads: int =
         with ThreadPoolExecutor(n_threads) as pool:
             list(pool.map(run, bounds[:-1], bounds[1:]))
     return out_scores, out_ids
+
+
+_SCATTER = None
+
+
+def _compile_scatter():
+    global _SCATTER
+    if _SCATTER is not None:
+        return _SCATTER
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def scatter_kernel(terms, tf, pairs_per_doc, first_doc, idf, norm, next_slot, out_data, out_indices):
+        # Counting sort into columns: documents arrive in order, so each column's documents come out ascending, as
+        # scipy's CSC conversion in bm25s orders them.
+        i = 0
+        for d in range(len(pairs_per_doc)):
+            doc = first_doc + d
+            for _ in range(pairs_per_doc[d]):
+                term = terms[i]
+                slot = next_slot[term]
+                next_slot[term] = slot + 1
+                frequency = np.float64(tf[i])
+                out_indices[slot] = doc
+                out_data[slot] = np.float32(np.float64(idf[term]) * (frequency / (norm[doc] + frequency)))
+                i += 1
+
+    _SCATTER = scatter_kernel
+    return _SCATTER
+
+
+class BM25MatrixBuilder:
+    """bm25s's sparse BM25 ("lucene" variant) score matrix, in its CSC layout (`data`, `indices`, `indptr`,
+    `num_docs`), built from documents streamed as term ids.
+
+    Each document is kept as its distinct terms and their frequencies (8 bytes per distinct term, no Python objects);
+    `finish` scatters them into the columns batch by batch, freeing each batch as it goes, so the peak is about the
+    final matrix plus these pairs. Scores equal bm25s's own indexing bit for bit: idf = log(1 + (N - df + 0.5) /
+    (df + 0.5)) rounded to float32, times tf / (tf + k1 * (1 - b + b * length / mean length)) in float64, stored as
+    float32.
+
+    Example:
+        >>> builder = BM25MatrixBuilder(k1=0.9, b=0.4)
+        >>> builder.add(np.array([0, 1, 1, 1], dtype=np.int32), np.array([3, 1]))
+        >>> matrix = builder.finish(n_terms=2)
+        >>> matrix["indptr"].tolist(), matrix["indices"].tolist()
+        ([0, 1, 3], [0, 0, 1])
+    """
+
+    def __init__(self, k1: float, b: float):
+        self.k1, self.b = k1, b
+        self._batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (terms, tf, pairs per document)
+        self._lengths: list[np.ndarray] = []
+        self._df = np.zeros(0, dtype=np.int64)
+        self.num_docs = 0
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Adds documents: `ids` their term ids concatenated, `lengths` the number of terms of each."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        keys = (docs << 32) | np.asarray(ids, dtype=np.int64)  # document-major, then term: one sort finds the pairs
+        keys.sort()
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else keys[:0]
+        pairs = keys[starts]
+        terms = (pairs & 0xFFFFFFFF).astype(np.int32)
+        tf = np.diff(np.append(starts, len(keys))).astype(np.int32)
+        pairs_per_doc = np.bincount(pairs >> 32, minlength=len(lengths)).astype(np.int32)
+        if len(terms):
+            counts = np.bincount(terms)
+            if len(counts) > len(self._df):
+                self._df = np.concatenate([self._df, np.zeros(len(counts) - len(self._df), dtype=np.int64)])
+            self._df[: len(counts)] += counts
+        self._batches.append((terms, tf, pairs_per_doc))
+        self._lengths.append(lengths.astype(np.int32))
+        self.num_docs += len(lengths)
+
+    def finish(self, n_terms: int) -> dict:
+        df = np.zeros(n_terms, dtype=np.int64)
+        df[: len(self._df)] = self._df
+        n = self.num_docs
+        with np.errstate(divide="ignore"):
+            idf = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        lengths = np.concatenate(self._lengths).astype(np.float64) if self._lengths else np.zeros(0)
+        self._lengths = []
+        mean_length = lengths.mean() if n else 1.0
+        norm = self.k1 * ((1 - self.b) + self.b * lengths / (mean_length or 1.0))
+        del lengths
+        indptr = np.zeros(n_terms + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        kernel, next_slot, first_doc = _compile_scatter(), indptr[:-1].copy(), 0
+        batches, self._batches = self._batches, []
+        while batches:
+            terms, tf, pairs_per_doc = batches.pop(0)  # freed once scattered
+            kernel(terms, tf, pairs_per_doc, first_doc, idf, norm, next_slot, data, indices)
+            first_doc += len(pairs_per_doc)
+        return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}
