@@ -85,7 +85,12 @@ def main():
         for i in range(args.samples)
     ]
     rollout = SearchRollout(
-        PoolRetriever(), tokenizer, max_turns=args.turns, top_k=3, max_obs_length=500, max_completion_length=4096
+        PoolRetriever(),
+        tokenizer,
+        max_turns=args.turns,
+        retrieval_top_k=3,
+        max_obs_length=500,
+        max_completion_length=4096,
     )
 
     overheads = []
