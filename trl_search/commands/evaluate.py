@@ -2,113 +2,108 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass, field
+
+from ..data import PAPER_DATASETS, QA_DATASETS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declares the options of `trl-search eval`; multi-word options take `_` or `-` (`--data_dir`, `--data-dir`).
+@dataclass
+class EvalArguments:
+    """Options of `trl-search eval`. Rollout settings left unset come from the model's `search_config.json`, else the
+    paper's values. Multi-word options take `_` or `-` (`--data_dir`, `--data-dir`), and `--config x.yaml` reads them
+    from a file.
 
     Example:
-        >>> parser = argparse.ArgumentParser()
-        >>> add_arguments(parser)
-        >>> parser.parse_args(["--model", "m", "--datasets", "demo", "--retriever", "demo"]).retrieval_top_k
-        3
+        >>> from trl import TrlParser
+        >>> (args,) = TrlParser(EvalArguments).parse_args_and_config(["--model", "m", "--retriever", "demo"])
+        >>> args.retrieval_top_k is None, args.datasets.split(",")[:2]
+        (True, ['nq', 'triviaqa'])
     """
-    from ..data import PAPER_DATASETS, QA_DATASETS
 
-    parser.add_argument("--model", required=True, help="model directory or Hub id (its tokenizer is loaded with it)")
-    parser.add_argument(
-        "--retriever",
+    model: str = field(metadata={"help": "Model directory or Hub id (its tokenizer is loaded with it)."})
+    retriever: str | None = field(
         default=None,
-        help="index directory, http(s) URL of a /retrieve server, a JSONL corpus (indexed with BM25 on the fly) or "
-        "'demo' (the shipped demo corpus); not needed with --baseline direct",
+        metadata={
+            "help": "Index directory, http(s) URL of a /retrieve server, a JSONL corpus (indexed with BM25 on the "
+            "fly) or 'demo' (the shipped demo corpus); not needed with --baseline direct."
+        },
     )
-    parser.add_argument(
-        "--datasets",
+    datasets: str = field(
         default=",".join(PAPER_DATASETS),
-        help=f"comma-separated names among {', '.join(QA_DATASETS)} (default: the paper's seven)",
+        metadata={"help": f"Comma-separated names among {', '.join(QA_DATASETS)} (default: the paper's seven)."},
     )
-    parser.add_argument("--limit", type=int, default=None, help="questions per dataset (default: all)")
-    parser.add_argument("--baseline", choices=["direct", "rag"], default=None, help="no retrieval, or retrieve once")
-    parser.add_argument(
-        "--data_dir", "--data-dir", default=None, help="local copy of the data: DIR/<name>/<split>.jsonl"
-    )
-    parser.add_argument("--split", default=None, help="split to evaluate (default: test, else dev)")
-    parser.add_argument(
-        "--output_dir", "--output-dir", default="eval_results", help="where results.json/.md and trajectories go"
-    )
-    parser.add_argument("--label", default=None, help="row label in the markdown table")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--max_turns",
-        "--max-turns",
-        type=int,
+    limit: int | None = field(default=None, metadata={"help": "Questions per dataset (default: all)."})
+    baseline: str | None = field(
         default=None,
-        help="maximum searches per question (default: the model's search_config.json, else 4)",
+        metadata={
+            "help": "No retrieval ('direct'), or retrieve once for the question ('rag').",
+            "choices": ["direct", "rag"],
+        },
     )
-    parser.add_argument(
-        "--retrieval_top_k",
-        "--retrieval-top-k",
-        type=int,
+    data_dir: str | None = field(default=None, metadata={"help": "Local copy of the data: DIR/<name>/<split>.jsonl."})
+    split: str | None = field(default=None, metadata={"help": "Split to evaluate (default: test, else dev)."})
+    output_dir: str = field(
+        default="eval_results", metadata={"help": "Where results.json, results.md and trajectories.jsonl go."}
+    )
+    label: str | None = field(default=None, metadata={"help": "Row label in the markdown table."})
+    batch_size: int = field(default=32, metadata={"help": "Questions rolled out together."})
+    protocol: str | None = field(
         default=None,
-        help="passages per search (default: the model's search_config.json, else 3)",
+        metadata={
+            "help": "How the model searches: Search-R1's tags, or a search tool called through the chat template "
+            "(default: the model's search_config.json, else tags).",
+            "choices": ["tags", "tool_call"],
+        },
     )
-    parser.add_argument(
-        "--protocol",
-        choices=["tags", "tool_call"],
-        default=None,
-        help="how the model searches: Search-R1's tags, or a search tool called through the chat template (default: "
-        "the model's search_config.json, else tags)",
+    max_turns: int | None = field(
+        default=None, metadata={"help": "Maximum searches per question (default: search_config.json, else 4)."}
     )
-    parser.add_argument(
-        "--max_obs_length",
-        "--max-obs-length",
-        type=int,
-        default=None,
-        help="maximum tokens per observation (default: the model's search_config.json, else 500)",
+    retrieval_top_k: int | None = field(
+        default=None, metadata={"help": "Passages per search (default: search_config.json, else 3)."}
     )
-    parser.add_argument(
-        "--max_tokens_per_turn",
-        "--max-tokens-per-turn",
-        type=int,
-        default=None,
-        help="tokens per turn (default: the model's search_config.json, else 500)",
+    max_obs_length: int | None = field(
+        default=None, metadata={"help": "Maximum tokens per observation (default: search_config.json, else 500)."}
     )
-    parser.add_argument(
-        "--max_completion_length",
-        "--max-completion-length",
-        type=int,
-        default=None,
-        help="tokens per completion (default: the model's search_config.json, else 2048)",
+    max_tokens_per_turn: int | None = field(
+        default=None, metadata={"help": "Tokens per turn (default: search_config.json, else 500)."}
     )
-    parser.add_argument(
-        "--prompt_template_file",
-        "--prompt-template-file",
-        default=None,
-        help="a text file with a {question} placeholder",
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "Tokens per completion (default: search_config.json, else 2048)."}
     )
-    parser.add_argument(
-        "--chat",
-        choices=["auto", "yes", "no"],
+    prompt_template_file: str | None = field(
+        default=None, metadata={"help": "A text file with a {question} placeholder (e.g. Search-R1's prompt)."}
+    )
+    chat: str = field(
         default="auto",
-        help="apply the chat template (auto: when the tokenizer has one)",
+        metadata={
+            "help": "Apply the chat template (auto: when the tokenizer has one).",
+            "choices": ["auto", "yes", "no"],
+        },
     )
-    parser.add_argument(
-        "--backend", choices=["transformers", "vllm"], default="transformers", help="generation engine (vllm: fast)"
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "Generation engine (vllm: fast, on a GPU).", "choices": ["transformers", "vllm"]},
     )
-    parser.add_argument("--vllm_gpu_memory_utilization", "--vllm-gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--vllm_tensor_parallel_size", "--vllm-tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM's share of the GPU memory."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs vLLM shards the model over."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, bfloat16, float16, float32."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+    def __post_init__(self):
+        if self.baseline != "direct" and self.retriever is None:
+            raise ValueError("--retriever is required unless --baseline direct (try --retriever demo offline).")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be a positive number of questions per dataset, got {self.limit}.")
 
 
-def run(args: argparse.Namespace) -> int:
+ARGUMENTS = EvalArguments
+
+
+def run(args: EvalArguments) -> int:
     from ..evaluation import evaluate
 
-    if args.baseline != "direct" and args.retriever is None:
-        raise SystemExit("--retriever is required unless --baseline direct (try --retriever demo offline).")
     template = None
     if args.prompt_template_file is not None:
         with open(args.prompt_template_file, encoding="utf-8") as handle:
