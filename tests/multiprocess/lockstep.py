@@ -1,15 +1,18 @@
 """Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo).
 
 Two prompts whose scripted trajectories need different numbers of turns land on different ranks: "[fast]" answers at
-once (1 turn), "[slow]" searches twice then answers (3 turns). Two trainings run one after the other:
+once (1 turn), "[slow]" searches twice then answers (3 turns). Mode "ddp" runs three trainings one after the other:
 1. transformers generation, queries of both ranks gathered to the main process (`gather_retrieval_queries=True`);
-2. vLLM server mode (a fake server, see tests/fake_vllm.py), each rank querying its own retriever.
-Each rank writes what it saw to `<out>/rank<i>.json`.
+2. vLLM server mode (a fake server, see tests/fake_vllm.py), each rank querying its own retriever;
+3. vLLM colocate with tensor parallelism over both ranks.
+Under DeepSpeed ZeRO-3 (`--zero_stage 3`), mode "zero3" generates without a parameter gather and mode "zero3_gathered"
+with the default gather. Each rank writes what it saw to `<out>/rank<i>.json`.
 """
 
 import json
 import os
 import sys
+import time
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,6 +53,12 @@ class RecordingRetriever(BM25Retriever):
 
 
 class RecordingTrainer(SearchGRPOTrainer):
+    def _rollout_with_transformers(self, prompt_ids, golden_answers):
+        start = time.perf_counter()  # parameter gather and every turn: the whole generation phase of a step
+        output = super()._rollout_with_transformers(prompt_ids, golden_answers)
+        self.rollout_seconds.append(time.perf_counter() - start)
+        return output
+
     def _log_rollout_metrics(self, output, mode):
         self.rollouts.append(
             {
@@ -83,7 +92,7 @@ def train(model_dir, out_dir, name, script=None, **overrides):
         max_tokens_per_turn=32,
         max_obs_length=64,
         max_turns=2,
-        top_k=1,
+        retrieval_top_k=1,
         learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",
@@ -101,13 +110,15 @@ def train(model_dir, out_dir, name, script=None, **overrides):
         processing_class=tokenizer,
         retriever=None if on_main_only and args.process_index != 0 else retriever,
     )
-    trainer.rollouts = []
+    trainer.rollouts, trainer.rollout_seconds = [], []
     trainer.train()
     plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
     return {
         "zero_stage": plugin.zero_stage if plugin is not None else None,
         "generate_calls": getattr(model, "generate_calls", None),
         "rollouts": trainer.rollouts,
+        "rollout_seconds": trainer.rollout_seconds,
+        "ds3_gather_for_generation": args.ds3_gather_for_generation,
         "retriever_calls": retriever.calls,
         "num_processes": trainer.accelerator.num_processes,
         "backend": str(trainer.accelerator.state.backend),
@@ -119,10 +130,10 @@ def train(model_dir, out_dir, name, script=None, **overrides):
 
 def script_real_forward(model, tokenizer):
     """Like `script_model_forward`, but every generation forward pass also runs the real model (so that under ZeRO-3
-    without a parameter gather each forward is the collective it is in real training); only the logits are replaced.
-    Records the number of `generate` calls."""
+    without a parameter gather each forward is the collective it is in real training, and the generator's key/value
+    cache is real); only the logits are replaced. Records the number of `generate` calls."""
     original_generate, original_forward = model.generate, model.forward
-    state = {"targets": None, "width": 0}
+    state = {"targets": None, "step": 0}
     model.generate_calls = 0
 
     def turn_ids(context: str) -> list[int]:
@@ -137,9 +148,8 @@ def script_real_forward(model, tokenizer):
     def generate(*args, **kwargs):
         model.generate_calls += 1
         input_ids = kwargs["input_ids"]
-        state["width"] = input_ids.shape[1]
         state["targets"] = [turn_ids(tokenizer.decode(row, skip_special_tokens=True)) for row in input_ids.tolist()]
-        kwargs["generation_config"].use_cache = False
+        state["step"] = 0
         kwargs["generation_config"].do_sample = False
         try:
             return original_generate(*args, **kwargs)
@@ -150,7 +160,10 @@ def script_real_forward(model, tokenizer):
         output = original_forward(input_ids=input_ids, **kwargs)  # real: a collective under ZeRO-3
         if state["targets"] is None:
             return output
-        step = input_ids.shape[1] - state["width"]
+        # One forward per generated token (the prefill first). Counted, not read from the input width: with the
+        # generator's cache reuse, a prefill holds only the tokens not cached yet.
+        step = state["step"]
+        state["step"] += 1
         logits = torch.full_like(output.logits, -1e4)
         for row, targets in enumerate(state["targets"]):
             logits[row, -1, targets[step] if step < len(targets) else tokenizer.eos_token_id] = 1e4
@@ -167,6 +180,8 @@ def main(model_dir, out_dir, mode):
         result["zero3"] = train(
             model_dir, out_dir, "zero3", ds3_gather_for_generation=False, script=script_real_forward
         )
+    elif mode == "zero3_gathered":  # the default: parameters gathered for generation, each forward pass is local
+        result["zero3_gathered"] = train(model_dir, out_dir, "zero3_gathered", script=script_real_forward)
     else:
         result["transformers_gathered"] = train(model_dir, out_dir, "transformers", gather_retrieval_queries=True)
         with pytest.MonkeyPatch.context() as patch:
@@ -175,7 +190,7 @@ def main(model_dir, out_dir, mode):
             result["vllm_server"] = train(model_dir, out_dir, "vllm", use_vllm=True, vllm_mode="server")
             if fakes.client is not None:
                 result["vllm_server"]["server_requests"] = [
-                    {"prompts": len(body["prompt"]), "max_tokens": body["max_tokens"]}
+                    {"prompts": len(body["prompt"]), "n": body.get("n", 1), "max_tokens": body["max_tokens"]}
                     for body in fakes.client.requests
                 ]
                 result["vllm_server"]["weight_syncs"] = len(fakes.client.loaded_weights)
@@ -185,6 +200,7 @@ def main(model_dir, out_dir, mode):
                 model_dir, out_dir, "tp2", use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2
             )
             result["vllm_colocate_tp2"]["llm_batches"] = [len(params) for params in fakes.llm.calls]
+            result["vllm_colocate_tp2"]["llm_rows"] = [sum(p.n for p in params) for params in fakes.llm.calls]
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
@@ -197,4 +213,6 @@ if __name__ == "__main__":
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if os.environ.get("LOCKSTEP_BREAK_JOIN") == "1":  # to see the test catch a rank that skips the collective
         RecordingTrainer._forward_is_collective = lambda self: False
+    if os.environ.get("LOCKSTEP_ALWAYS_JOIN") == "1":  # the alternative to measure: idle ranks join every generate
+        RecordingTrainer._forward_is_collective = lambda self: True
     main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
