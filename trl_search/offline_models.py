@@ -87,8 +87,9 @@ def build_chat_tokenizer(texts: Iterable[str], family: str = "qwen2_5", vocab_si
 
     Example:
         >>> tokenizer = build_chat_tokenizer(["What is the capital of Veldoria?"], "qwen2_5", vocab_size=300)
-        >>> tokenizer.eos_token, tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)[:22]
-        ('<|im_end|>', '<|im_start|>system\nYou')
+        >>> rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        >>> tokenizer.eos_token, rendered.startswith("<|im_start|>system")
+        ('<|im_end|>', True)
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
