@@ -5,7 +5,8 @@ Claim (issue 15): building a BM25 index costs at most what Lucene's does (Search
 speed is kept (benchmarks/bench_bm25.py).
 
 Each build runs `python -m trl_search.cli index` in its own process, one core; peak memory is that process's
-(ru_maxrss from wait4). `--before DIR` adds a column for another checkout's package (e.g. an export of an earlier
+(ru_maxrss from wait4); CPU seconds (user + system, from wait4) are reported next to wall time because on a
+shared machine they depend less on what else runs. `--before DIR` adds a column for another checkout's package (e.g. an export of an earlier
 commit: `git archive COMMIT trl_search | tar -x -C DIR`), run on the same corpus in the same run.
 
     python benchmarks/bench_index_build.py --passages 200000
@@ -26,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def build(root: str, corpus: str, out: str, engine: str) -> tuple[float, float]:
-    """(seconds, peak MB) of one `trl-search index` run with the package at `root`."""
+def build(root: str, corpus: str, out: str, engine: str) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak MB) of one `trl-search index` run with the package at `root`."""
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     command = ["taskset", "-c", str(sorted(os.sched_getaffinity(0))[0]), sys.executable, "-m", "trl_search.cli"]
     command += ["index", "--corpus", corpus, "--out", out, "--engine", engine, "--no-progress"]
@@ -37,7 +38,7 @@ def build(root: str, corpus: str, out: str, engine: str) -> tuple[float, float]:
     seconds = time.perf_counter() - started
     if status != 0:
         raise RuntimeError(f"build with {root} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main():
@@ -63,18 +64,21 @@ def main():
         for repeat in range(args.repeats):
             for label, root in roots.items():  # interleaved, so drifts in machine load hit both alike
                 out = os.path.join(workdir, f"out-{repeat}-{label.replace(' ', '-')}")
-                seconds, peak = build(root, corpus, out, args.engine)
-                best = results.setdefault(label, [float("inf"), 0.0])
-                results[label] = [min(best[0], seconds), max(best[1], peak)]
-                print(f"  {label}: {seconds:.1f} s, peak {peak:,.0f} MB", flush=True)
+                seconds, cpu, peak = build(root, corpus, out, args.engine)
+                best = results.setdefault(label, [float("inf"), float("inf"), 0.0])
+                results[label] = [min(best[0], seconds), min(best[1], cpu), max(best[2], peak)]
+                print(f"  {label}: {seconds:.1f} s wall, {cpu:.1f} s CPU, peak {peak:,.0f} MB", flush=True)
                 shutil.rmtree(out)
-        print(f"\n| package | build (best of {args.repeats}) | peak memory |")
-        print("|---|---|---|")
-        for label, (seconds, peak) in results.items():
-            print(f"| {label} | {seconds:.1f} s | {peak:,.0f} MB |")
+        print(f"\n| package | build wall (best of {args.repeats}) | build CPU | peak memory |")
+        print("|---|---|---|---|")
+        for label, (seconds, cpu, peak) in results.items():
+            print(f"| {label} | {seconds:.1f} s | {cpu:.1f} s | {peak:,.0f} MB |")
         if args.before:
-            (b_s, b_mb), (a_s, a_mb) = results["before"], results["this checkout"]
-            print(f"\nthis checkout / before: {a_s / b_s:.2f}x build time, {a_mb / b_mb:.2f}x peak memory")
+            (b_s, b_cpu, b_mb), (a_s, a_cpu, a_mb) = results["before"], results["this checkout"]
+            print(
+                f"\nthis checkout / before: {a_s / b_s:.2f}x wall time, {a_cpu / b_cpu:.2f}x CPU time, "
+                f"{a_mb / b_mb:.2f}x peak memory"
+            )
         print(json.dumps(results))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
