@@ -418,6 +418,7 @@ class BatchingSearcher:
             self.searching += sum(end - start for _, start, end in batch)
             future = loop.run_in_executor(self._executor, self._search, batch)
             future.add_done_callback(lambda done, batch=batch: self._finish(batch, done))
+            del future, batch  # held until the next batch otherwise, and with them a whole answer
 
     def _search(self, batch: list[tuple[SearchJob, int, int]]) -> list:
         """Worker thread: one retriever call per distinct k, then each slice encoded (errors kept per slice)."""
@@ -463,6 +464,7 @@ class BatchingSearcher:
             job.fragments[start] = fragment
             if not job.running and job.scheduled == len(job.queries) and not job.cancelled:
                 job.future.set_result([job.fragments[key] for key in sorted(job.fragments)])
+                job.fragments = {}  # the answer holds them now, and frees each one once it is sent
 
 
 # ----- the ASGI application -------------------------------------------------------------------------------------
@@ -475,6 +477,17 @@ def _release_memory() -> None:
     """Gives freed heap pages back to the OS after a large answer (glibc keeps them otherwise)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _map_large_allocations(threshold: int = 1 << 20) -> None:
+    """Makes glibc serve every allocation of `threshold` bytes or more with its own mapping, returned to the OS when
+    freed. By default glibc raises that threshold after each large free (up to 32 MB), so the slices of large answers
+    end up in the heap, which fragments and keeps its peak size after the load is gone. Called only in processes
+    that are the server (`serve`), since it applies to the whole process."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -872,6 +885,7 @@ def app_from_environment() -> RetrievalServer:
     """Uvicorn app factory for worker processes: opens the retriever named in `$TRL_SEARCH_SERVE_SPEC`."""
     from .retrievers import CachedRetriever, load_retriever
 
+    _map_large_allocations()
     spec = json.loads(os.environ[WORKER_SPEC_ENV])
     retriever = load_retriever(spec["retriever"], **spec["options"])
     if spec.get("cache"):
@@ -895,6 +909,7 @@ def serve(
         >>> serve(load_retriever("indexes/wiki-bm25"), port=8000)  # doctest: +SKIP
     """
     _, uvicorn = _require_server_deps()
+    _map_large_allocations()
     options = {"host": host, "port": port, "log_level": "info", "access_log": False, "proxy_headers": False}
     if workers > 1:
         if retriever is not None or WORKER_SPEC_ENV not in os.environ:
