@@ -4,7 +4,6 @@ abandoned work, queue bounds, deadlines, streamed body limits and the token chec
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -229,5 +228,31 @@ def test_openapi_documents_every_status_the_server_answers(bm25):
     assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_search_threads_run_batches_side_by_side(bm25, threads):
+    class CountingBM25(SlowBM25):
+        """Records how many searches run at the same moment."""
+
+        def __init__(self, bm25):
+            super().__init__(bm25)
+            self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+        def search(self, queries, k):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                return super().search(queries, k)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    retriever = CountingBM25(bm25)
+    config = ServerConfig(max_batch_queries=64, search_threads=threads)
+    with ServerThread(retriever, config=config) as server:
+        queries = ["cave cheese", "tin mines", "Who founded Brantis?"] * 100
+        answer = requests.post(server.url, json={"queries": queries, "topk": 2}, timeout=60).json()["result"]
+    assert [[hit["id"] for hit in hits] for hits in answer] == [
+        [p.id for p in hits] for hits in bm25.search(queries, 2)
+    ]
+    assert retriever.most == threads  # 300 queries = 5 slices of 64: with 2 threads, two are searched at once
