@@ -290,7 +290,7 @@ def test_retry_options_from_arguments_and_url():
     assert sum(waits) > 30
     with pytest.raises(ValueError, match="Unknown option 'retires'.*known: retries, timeout"):
         RemoteRetriever("http://h:1/retrieve?retires=20")
-    with pytest.raises(ValueError, match="retries=many.*must be a int"):
+    with pytest.raises(ValueError, match="retries=.many. .*must be an integer"):
         RemoteRetriever("http://h:1/retrieve?retries=many")
     with pytest.raises(ValueError, match="given both"):
         RemoteRetriever("http://h:1/retrieve?retries=3", retries=4)
@@ -387,6 +387,19 @@ def test_server_killed_mid_run_then_restarted(bm25, tmp_path):
         process = _start_server(tmp_path / "index", port)
         # The same client (and its keep-alive pool) recovers once the server is back.
         assert [p.id for p in client.search(["cave cheese"], k=1)[0]] == ["13"]
+
+        # A client with enough retries rides out the restart: its search started while the server was down.
+        process.kill()
+        process.wait(timeout=10)
+        patient = RemoteRetriever(url, retries=30, backoff=0.1, max_backoff=0.5, timeout=5)
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(patient.search(["cave cheese"], k=1)))
+        waiting.start()
+        time.sleep(1.0)
+        assert waiting.is_alive()  # still retrying
+        process = _start_server(tmp_path / "index", port)
+        waiting.join(timeout=30)
+        assert [p.id for p in answers[0][0]] == ["13"]
     finally:
         stop.set()
         process.kill()

@@ -71,7 +71,8 @@ def split_url_options(url: str) -> tuple[str, dict]:
             options[name] = URL_OPTIONS[name](value)
         except ValueError:
             raise ValueError(
-                f"Option {name}={value!r} in the retriever URL {url!r} must be a {URL_OPTIONS[name].__name__}."
+                f"Option {name}={value!r} in the retriever URL {url!r} must be "
+                f"{'an integer' if URL_OPTIONS[name] is int else 'a number'}."
             ) from None
     return urlunsplit(parts._replace(query="")), options
 
@@ -81,8 +82,8 @@ class RemoteRetriever(Retriever):
 
     Large batches are split into requests of at most `max_batch_size` queries over one keep-alive connection pool.
     Connection errors, dropped connections, timeouts and 5xx answers are retried `retries` times, waiting
-    `backoff`, 2x, 4x... seconds (at most `max_backoff`, or what a 503's Retry-After asks): the default rides out a
-    server restart of about 40 s. Then `RetrieverUnavailableError` names the URL and how to wait longer. A 4xx
+    `backoff`, 2x, 4x... seconds (at most `max_backoff`, or what a 503's Retry-After asks): by default 37.5 s of
+    waiting in all, which rides out a server restart of 30 s. Then `RetrieverUnavailableError` names the URL and how to wait longer. A 4xx
     answer raises `RetrieverRequestError` with the server's explanation, without retrying. The options can also
     be given in the URL's query string (`http://host:8000/retrieve?retries=20&timeout=30`), which is how a URL
     named in a config or on a command line sets them.
@@ -100,6 +101,9 @@ class RemoteRetriever(Retriever):
         >>> retriever = RemoteRetriever("http://127.0.0.1:8000/retrieve", retries=20)  # doctest: +SKIP
         >>> retriever.search(["who wrote hamlet"], k=3)  # doctest: +SKIP
     """
+
+    # 10 retries with backoff 0.5 s doubling up to 5 s wait 37.5 s in all: longer than a 30 s server restart.
+    DEFAULTS = {"retries": 10, "timeout": 60.0, "backoff": 0.5, "max_backoff": 5.0, "max_batch_size": 512}
 
     def __init__(
         self,
@@ -141,9 +145,6 @@ class RemoteRetriever(Retriever):
         self.token = token if token is not None else os.environ.get("TRL_SEARCH_TOKEN")
         self._session = None
         self._warned_clamp = False
-
-    # 10 retries with backoff 0.5 s doubling up to 5 s wait 37.5 s in all: longer than a 30 s server restart.
-    DEFAULTS = {"retries": 10, "timeout": 60.0, "backoff": 0.5, "max_backoff": 5.0, "max_batch_size": 512}
 
     @property
     def session(self):
