@@ -24,9 +24,10 @@ def test_term_ids_give_the_terms_of_tokenize():
     assert [terms.terms[i] for i in ids.tolist()] == [token for tokens in expected for token in tokens]
 
 
-@pytest.mark.parametrize("k1, b", [(0.9, 0.4), (1.5, 0.75), (1.2, 0.0)])
-def test_score_matrix_equals_bm25s_indexing(k1, b):
-    builder = BM25sEngine.Builder({"k1": k1, "b": b, "backend": "numba"}, workdir="")
+@pytest.mark.parametrize("k1, b, spill", [(0.9, 0.4, True), (1.5, 0.75, False), (1.2, 0.0, True)])
+def test_score_matrix_equals_bm25s_indexing(k1, b, spill, tmp_path):
+    workdir = str(tmp_path) if spill else ""  # spilled pairs go through files in the work folder
+    builder = BM25sEngine.Builder({"k1": k1, "b": b, "backend": "numba"}, workdir=workdir)
     for start in range(0, len(TEXTS), 64):  # several batches
         builder.add_texts(TEXTS[start : start + 64])
     ours = builder.finish().model
@@ -39,3 +40,4 @@ def test_score_matrix_equals_bm25s_indexing(k1, b):
         assert np.array_equal(ours.scores[name], reference.scores[name]), name
     assert ours.scores["num_docs"] == reference.scores["num_docs"] == len(TEXTS)
     assert ours.vocab_dict == reference.vocab_dict  # the same empty token at the end
+    assert os.listdir(tmp_path) == []  # spill files removed

@@ -119,6 +119,8 @@ def test_every_index_stores_and_returns_contents_verbatim(corpus, tmp_path):
     bm25.save(tmp_path / "bm25")
     stored = rows_of(tmp_path / "bm25" / "passages.jsonl")
     assert [(row["id"], row["contents"]) for row in stored] == list(by_id.items())
+    # Canonical `{"id", "contents"}` rows are stored as the very bytes of the corpus.
+    assert (tmp_path / "bm25" / "passages.jsonl").read_bytes() == corpus.read_bytes()
     for retriever in (bm25, load_retriever(tmp_path / "bm25")):
         hits = retriever.search(["Sallow river", "leading spaces weavers", "copper bridges", "cheesemonger"], k=5)
         returned = {p.id: p for row in hits for p in row}

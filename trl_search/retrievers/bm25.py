@@ -143,9 +143,9 @@ class BM25Retriever(Retriever):
             # Engines that take texts tokenise them fused with their term lookup (same terms as `tokenize`).
             add = builder.add_texts if hasattr(builder, "add_texts") else (lambda batch: builder.add(tokenize(batch)))
             texts = []
-            for passage in _progress(corpus, show_progress, total):
-                writer.add(passage)
-                texts.append(passage.contents)
+            for passage_id, contents, raw in _progress(corpus.entries(), show_progress, total):
+                writer.add_entry(passage_id, contents, raw)
+                texts.append(contents)
                 if len(texts) >= batch_size:
                     add(texts)
                     texts = []

@@ -77,7 +77,7 @@ class BM25sEngine:
 
             self.parameters = parameters
             self.terms = TermIds()
-            self.matrix = BM25MatrixBuilder(parameters["k1"], parameters["b"])
+            self.matrix = BM25MatrixBuilder(parameters["k1"], parameters["b"], spill_dir=workdir or None)
 
         def add_texts(self, texts: list[str]) -> None:
             self.matrix.add(*self.terms.encode(texts))

@@ -152,12 +152,19 @@ class BM25MatrixBuilder:
         ([0, 1, 3], [0, 0, 1])
     """
 
-    def __init__(self, k1: float, b: float):
+    _SPILLED = (("terms", np.int32), ("tf", np.int32), ("pairs_per_doc", np.int32))
+
+    def __init__(self, k1: float, b: float, spill_dir: str | None = None):
         self.k1, self.b = k1, b
-        self._batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (terms, tf, pairs per document)
+        self._batches: list[tuple] = []  # (terms, tf, pairs per document) arrays, or their sizes when spilled
         self._lengths: list[np.ndarray] = []
         self._df = np.zeros(0, dtype=np.int64)
         self.num_docs = 0
+        # With a spill folder the pairs go to disk as they come (page cache, not process memory) and are read back
+        # one batch at a time while scattering: the peak is then about the final matrix alone.
+        self._spill = None
+        if spill_dir:
+            self._spill = {name: open(os.path.join(spill_dir, f"bm25-{name}.bin"), "w+b") for name, _ in self._SPILLED}
 
     def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         """Adds documents: `ids` their term ids concatenated, `lengths` the number of terms of each."""
@@ -175,7 +182,12 @@ class BM25MatrixBuilder:
             if len(counts) > len(self._df):
                 self._df = np.concatenate([self._df, np.zeros(len(counts) - len(self._df), dtype=np.int64)])
             self._df[: len(counts)] += counts
-        self._batches.append((terms, tf, pairs_per_doc))
+        if self._spill is None:
+            self._batches.append((terms, tf, pairs_per_doc))
+        else:
+            for (name, _), array in zip(self._SPILLED, (terms, tf, pairs_per_doc)):
+                array.tofile(self._spill[name])
+            self._batches.append((len(terms), len(terms), len(pairs_per_doc)))
         self._lengths.append(lengths.astype(np.int32))
         self.num_docs += len(lengths)
 
@@ -196,8 +208,21 @@ class BM25MatrixBuilder:
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
         kernel, next_slot, first_doc = _compile_scatter(), indptr[:-1].copy(), 0
         batches, self._batches = self._batches, []
-        while batches:
-            terms, tf, pairs_per_doc = batches.pop(0)  # freed once scattered
-            kernel(terms, tf, pairs_per_doc, first_doc, idf, norm, next_slot, data, indices)
-            first_doc += len(pairs_per_doc)
+        spill, self._spill = self._spill, None
+        try:
+            for handle in (spill or {}).values():
+                handle.seek(0)
+            while batches:
+                batch = batches.pop(0)  # freed once scattered
+                if spill is not None:
+                    batch = [
+                        np.fromfile(spill[name], dtype, count) for (name, dtype), count in zip(self._SPILLED, batch)
+                    ]
+                terms, tf, pairs_per_doc = batch
+                kernel(terms, tf, pairs_per_doc, first_doc, idf, norm, next_slot, data, indices)
+                first_doc += len(pairs_per_doc)
+        finally:
+            for handle in (spill or {}).values():
+                handle.close()
+                os.remove(handle.name)
         return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}

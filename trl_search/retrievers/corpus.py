@@ -77,6 +77,13 @@ class Corpus:
         return self.source if isinstance(self.source, str) else None
 
     def __iter__(self) -> Iterator[Passage]:
+        for passage_id, contents, _ in self.entries():
+            yield Passage.from_contents(passage_id, contents)
+
+    def entries(self) -> Iterator[tuple[str, str, bytes | None]]:
+        """The rows as `(id, contents, raw)`, without building `Passage`s (what index builds read). `raw` is the
+        row's line as read when it is already a canonical `{"id": str, "contents": str}` row (so a store can keep it
+        as is), else None."""
         self.stats = dict.fromkeys(("passages", "skipped_empty", "skipped_non_string", "repaired_text"), 0)
         self.stats["duplicate_ids"] = 0
         self._examples = {}
@@ -88,7 +95,7 @@ class Corpus:
 
     # --- reading -----------------------------------------------------------------------------------------------
 
-    def _rows_of_file(self, path: str) -> Iterator[tuple[str, Passage]]:
+    def _rows_of_file(self, path: str) -> Iterator[tuple[str, str, str, bytes | None]]:
         with open(path, "rb") as handle:
             for line_number, raw in enumerate(handle, start=1):
                 if not raw.strip():
@@ -97,25 +104,31 @@ class Corpus:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    line = self._bad_bytes(raw, error, where)
+                    line, raw = self._bad_bytes(raw, error, where), None
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise CorpusError(f"{where}: not valid JSON ({error}). Fix or remove the line.") from None
                 # Lone surrogates can only arrive as `\uD8xx`-style escapes: look for them only then.
-                checked = b"\\ud" in raw or b"\\uD" in raw
-                passage = self._passage(record, where, check_text=checked)
-                if passage is not None:
-                    yield where, passage
+                checked = raw is None or b"\\ud" in raw or b"\\uD" in raw
+                entry = self._entry(record, where, check_text=checked)
+                if entry is None:
+                    continue
+                passage_id, contents, canonical = entry
+                if canonical and raw is not None:
+                    raw = raw if raw.endswith(b"\n") else raw + b"\n"
+                else:
+                    raw = None
+                yield where, passage_id, contents, raw
 
-    def _rows_of_iterable(self, rows: Iterable[dict | Passage]) -> Iterator[tuple[str, Passage]]:
+    def _rows_of_iterable(self, rows: Iterable[dict | Passage]) -> Iterator[tuple[str, str, str, None]]:
         for index, record in enumerate(rows):
             where = f"corpus item {index}"
             if isinstance(record, Passage):
                 record = {"id": record.id, "contents": record.contents}
-            passage = self._passage(record, where, check_text=True)
-            if passage is not None:
-                yield where, passage
+            entry = self._entry(record, where, check_text=True)
+            if entry is not None:
+                yield where, entry[0], entry[1], None
 
     def _bad_bytes(self, raw: bytes, error: UnicodeDecodeError, where: str) -> str:
         if self.on_bad_text == "error":
@@ -127,7 +140,8 @@ class Corpus:
         self._count("repaired_text", where)
         return raw.decode("utf-8", errors="replace")
 
-    def _passage(self, record, where: str, check_text: bool) -> Passage | None:
+    def _entry(self, record, where: str, check_text: bool) -> tuple[str, str, bool] | None:
+        """(id, contents, whether the row is canonical and unchanged), or None for a skipped row."""
         if not isinstance(record, dict):
             raise CorpusError(
                 f"{where}: a row must be a JSON object with 'id' and 'contents' (or 'title' and 'text'); got "
@@ -150,9 +164,12 @@ class Corpus:
             )
         if not contents.strip():
             return self._skip("skipped_empty", where)
+        canonical = len(record) == 2 and "contents" in record and type(record["id"]) is str
         if check_text:
-            contents, passage_id = self._repair(contents, where, "contents"), self._repair(passage_id, where, "id")
-        return Passage.from_contents(passage_id, contents)
+            repaired = self._repair(contents, where, "contents"), self._repair(passage_id, where, "id")
+            canonical = canonical and repaired == (contents, passage_id)
+            contents, passage_id = repaired
+        return passage_id, contents, canonical
 
     @staticmethod
     def _id(record: dict, where: str) -> str:
@@ -195,33 +212,33 @@ class Corpus:
         self._count(key, where)
         return None
 
-    def _check_ids(self, rows: Iterator[tuple[str, Passage]]) -> Iterator[Passage]:
-        """Yields the passages, then raises on duplicate ids; a file is checked via 8-byte hashes, not a set of ids,
+    def _check_ids(self, rows: Iterator[tuple[str, str, str, bytes | None]]) -> Iterator[tuple[str, str, bytes]]:
+        """Yields the entries, then raises on duplicate ids; a file is checked via 8-byte hashes, not a set of ids,
         and read a second time only to name the duplicates."""
         if self.path is None:
             first_seen: dict[str, str] = {}
-            for where, passage in rows:
-                previous = first_seen.setdefault(passage.id, where)
+            for where, passage_id, contents, raw in rows:
+                previous = first_seen.setdefault(passage_id, where)
                 if previous != where:
-                    self._duplicate(passage.id, where, previous)
+                    self._duplicate(passage_id, where, previous)
                 self.stats["passages"] += 1
-                yield passage
+                yield passage_id, contents, raw
             return
         hashes = array("q")
-        for _, passage in rows:
-            hashes.append(hash(passage.id))
+        for _, passage_id, contents, raw in rows:
+            hashes.append(hash(passage_id))
             self.stats["passages"] += 1
-            yield passage
+            yield passage_id, contents, raw
         ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
         candidates = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
         if not candidates:
             return
         first_seen, counted = {}, dict(self.stats)
-        for where, passage in self._rows_of_file(self.path):
-            if hash(passage.id) in candidates:
-                previous = first_seen.setdefault(passage.id, where)
+        for where, passage_id, _, _ in self._rows_of_file(self.path):
+            if hash(passage_id) in candidates:
+                previous = first_seen.setdefault(passage_id, where)
                 if previous != where:
-                    self._duplicate(passage.id, where, previous)
+                    self._duplicate(passage_id, where, previous)
         self.stats = {**counted, "duplicate_ids": self.stats["duplicate_ids"]}  # the second read counts nothing else
 
     def _duplicate(self, passage_id: str, where: str, previous: str) -> None:

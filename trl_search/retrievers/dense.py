@@ -147,9 +147,9 @@ class DenseRetriever(Retriever):
             writer = PassageStoreWriter(workdir)
             total = _corpus_length(corpus.source) if show_progress else None
             texts = []
-            for passage in _progress(corpus, show_progress, total, desc="Encoding"):
-                writer.add(passage)
-                texts.append(passage.contents)
+            for passage_id, contents, raw in _progress(corpus.entries(), show_progress, total, desc="Encoding"):
+                writer.add_entry(passage_id, contents, raw)
+                texts.append(contents)
                 if len(texts) >= chunk_size:
                     vectors.add(encoder.encode_passages(texts))
                     texts = []

@@ -64,8 +64,12 @@ class PassageStoreWriter:
         self._sha = hashlib.sha256()
 
     def add(self, passage: Passage) -> None:
-        row = {"id": passage.id, "contents": passage.contents}
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        self.add_entry(passage.id, passage.contents)
+
+    def add_entry(self, passage_id: str, contents: str, raw: bytes | None = None) -> None:
+        """Adds one row; `raw` is the corpus line when it is already a canonical `{"id", "contents"}` row (kept as is,
+        which saves re-encoding it)."""
+        line = raw or (json.dumps({"id": passage_id, "contents": contents}, ensure_ascii=False) + "\n").encode()
         self._handle.write(line)
         self._sha.update(line)
         self._offsets.append(self._offsets[-1] + len(line))
