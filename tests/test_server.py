@@ -25,7 +25,7 @@ from trl_search.server import ServerConfig, ServerThread  # noqa: E402
 
 
 CORPUS = os.path.join(os.path.dirname(__file__), "data", "retrieval_corpus.jsonl")
-LIMITS = ServerConfig(max_queries=8, max_query_chars=200, max_topk=5, max_body_bytes=20_000)
+LIMITS = ServerConfig(max_queries=8, max_query_chars=200, max_topk=5, max_body_bytes=300_000)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_concurrent_clients_are_merged_into_batches(bm25):
         ({"queries": ["q"], "topk": True}, 422, "'topk' must be an integer"),
         ({"queries": ["q"], "topk": 2.5}, 422, "'topk' must be an integer"),
         ({"queries": ["q"], "query": "q"}, 422, "not both"),
-        ({"queries": ["q" * 150] * 8, "topk": 3, "pad": "p" * 20_000}, 413, "max_body_bytes=20000"),
+        ({"queries": ["q" * 150] * 8, "topk": 3, "pad": "p" * 300_000}, 413, "max_body_bytes=300000"),
     ],
 )
 def test_limits_answer_4xx_naming_the_limit(server, body, status, message):
@@ -149,6 +149,9 @@ def test_limits_answer_4xx_naming_the_limit(server, body, status, message):
         (b'{"queries": ["q"], "topk": Infinity}', 400),
         (b'{"queries": ["q"], "topk": -Infinity}', 400),
         (b"\xff\xfe\x00garbage", 400),
+        (b"[" * 100_000 + b"]" * 100_000, 400),
+        (b'{"queries": ["q"], "topk": ' + b"9" * 5000 + b"}", 400),
+        (b'{"queries": ["q"], "topk": 1e400}', 422),
         (b"[1, 2]", 422),
         (b'"just a string"', 422),
         (b"null", 422),

@@ -177,8 +177,10 @@ def parse_request(body: bytes, config: ServerConfig) -> RetrieveRequest:
         data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise RequestError(400, f"The body is not UTF-8 encoded JSON: {error}.") from None
-    except ValueError as error:  # JSONDecodeError, or NaN/Infinity
+    except ValueError as error:  # JSONDecodeError, NaN/Infinity, an integer of more than 4300 digits
         raise RequestError(400, f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise RequestError(400, "The body nests JSON arrays or objects too deeply.") from None
     if not isinstance(data, dict):
         raise RequestError(
             422,
