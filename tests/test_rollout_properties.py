@@ -139,6 +139,8 @@ def check_sample(case, rollout, tokenizer, retriever, sample, generated):
     ids, mask, logprobs = sample.completion_ids, sample.env_mask, sample.logprobs
     eos, special = tokenizer.eos_token_id, set(tokenizer.all_special_ids)
     injected_value = 0 if case.mask_retrieved_tokens else 1
+    open_ids, close_ids = rollout.protocol.frame(1)  # around the passages of one search
+    feedback_ids = rollout.protocol.feedback_ids("")  # the tags protocol writes the same feedback for every mistake
 
     assert sample.stop_reason in STOP_REASONS
     assert 1 <= len(ids) <= case.max_completion_length
@@ -160,13 +162,13 @@ def check_sample(case, rollout, tokenizer, retriever, sample, generated):
             assert len(turn.logprobs) == len(turn.token_ids)
             assert logprobs[position:end] == turn.logprobs  # every turn's logprobs, in place, none shifted
         position = end
-        if ids[position : position + len(rollout._open_ids)] == rollout._open_ids:
-            close = find(ids, rollout._close_ids, position + len(rollout._open_ids))
+        if ids[position : position + len(open_ids)] == open_ids:
+            close = find(ids, close_ids, position + len(open_ids))
             assert close != -1, "an observation (cut or not) keeps its closing </information>"
-            end = close + len(rollout._close_ids)
+            end = close + len(close_ids)
             observations.append((position, end))
-        elif ids[position : position + len(rollout._feedback_ids)] == rollout._feedback_ids:
-            end = position + len(rollout._feedback_ids)
+        elif ids[position : position + len(feedback_ids)] == feedback_ids:
+            end = position + len(feedback_ids)
         else:
             end = position
             assert index == len(generated) - 1, "turns are always separated by an observation or feedback"
@@ -188,11 +190,11 @@ def check_sample(case, rollout, tokenizer, retriever, sample, generated):
         assert sample.stop_reason == "truncated"
     for (start, end), query in zip(observations, sample.queries):
         assert end - start <= case.max_obs_length
-        body = ids[start + len(rollout._open_ids) : end - len(rollout._close_ids)]
+        body = ids[start + len(open_ids) : end - len(close_ids)]
         assert body, "an observation shows at least one token of its passages"
         assert not special & set(body), "passage text became a special token"
         passages = retriever.search([query], k=case.top_k)[0]
-        assert rollout.protocol.render_passages(passages).startswith(tokenizer.decode(body))
+        assert rollout.protocol.render_content(passages).startswith(tokenizer.decode(body))
 
     # TRL counts a completion as terminated exactly when it ends with EOS (or pad).
     assert (ids[-1] in (eos, tokenizer.pad_token_id)) == (sample.stop_reason != "truncated")
