@@ -1,12 +1,23 @@
-"""The learning demo at toy size: every stage runs and writes its outputs (it learns nothing in two steps)."""
+"""The learning demo at toy size: every stage runs and writes its outputs (it learns nothing in a few steps), the same
+seed gives the same results, several seeds aggregate, and the warm start stops on its copy-rate criterion."""
 
 import json
 import os
 
 import pytest
 
-from trl_search.demo import RL_RUNS, DemoConfig, DemoPipeline, EmptyRetriever, tokenize_demonstration
+from trl_search.demo import (
+    RL_RUNS,
+    DemoConfig,
+    DemoPipeline,
+    EmptyRetriever,
+    demonstration_rows,
+    deterministic_torch,
+    run_demo,
+    teacher_rollout,
+)
 from trl_search.demo_report import results_table
+from trl_search.demo_task import ONE_HOP, Plan, TeacherGenerator, TeacherSkill, make_plans
 
 
 @pytest.fixture(scope="module")
@@ -22,33 +33,111 @@ def test_every_stage_runs_and_writes_its_outputs(toy_results):
         assert os.path.getsize(os.path.join(output_dir, name)) > 0, name
     with open(os.path.join(output_dir, "results.json")) as handle:
         saved = json.load(handle)
-    expected = {"warm_start", "warm_start_no_retrieval", *RL_RUNS}
-    assert set(saved["stages"]) == expected
+    assert set(saved["stages"]) == {"warm_start", "warm_start_no_retrieval", *RL_RUNS}
     for stage in saved["stages"].values():
-        assert 0.0 <= stage["em"] <= 1.0 and stage["searches_per_question"] >= 0.0
+        assert set(stage) == {"all", "one_hop", "two_hop"}
+        for metrics in stage.values():
+            assert 0.0 <= metrics["em"] <= 1.0 and 0.0 <= metrics["searches_per_question"] <= 2.0
     for run in RL_RUNS:
-        curves = saved["curves"][run]["0"]
+        curves = saved["curves"][run]
         assert [point[0] for point in curves["reward"]] == [1, 2]
-        assert [point[0] for point in curves["heldout_em"]] == [0, 1, 2]
-        assert len(curves["searches_per_sample"]) == 2
-    assert saved["stages"]["rl_no_retrieval"]["answer_retrieved"] == 0.0
+        assert [point["step"] for point in curves["heldout"]] == [0, 1, 2]
+        assert {"em_one_hop", "em_two_hop", "searches_one_hop", "searches_two_hop"} <= set(curves["heldout"][0])
+    assert saved["stages"]["rl_no_retrieval"]["all"]["answer_retrieved"] == 0.0
+    # the toy cannot reach the copy rate: the warm start ran to its cap, checking every 2 steps
+    assert saved["warm_start"]["stopped_by"] == "step cap" and saved["warm_start"]["steps"] == 4
+    assert [point[0] for point in saved["warm_start"]["copy_rate"]] == [2, 4]
     assert os.path.isfile(os.path.join(output_dir, "eval", "warm_start", "trajectories.jsonl"))
     markdown = open(os.path.join(output_dir, "results.md")).read()
     assert results_table(results) in markdown and "RL with BM25 (Search-R1)" in markdown
 
 
-def test_demonstrations_are_tokenised_as_the_rollout_builds_them(toy_results):
+def test_same_seed_same_results(toy_results, tmp_path):
+    _, first, _ = toy_results
+    again = DemoPipeline(DemoConfig.toy(output_dir=str(tmp_path))).run()
+    assert again["stages"] == first["stages"] and again["curves"] == first["curves"]
+    assert again["warm_start"]["loss"] == first["warm_start"]["loss"]
+
+
+def test_demonstrations_come_from_the_rollout_with_labels_on_policy_tokens(toy_results):
     pipeline, _, _ = toy_results
-    demo = next(demo for demo in pipeline.demonstrations if demo.kind != "guess")
-    masked = tokenize_demonstration(demo, pipeline.tokenizer, pipeline.protocol, 200, observation_loss=False)
-    learnt = [token for token, label in zip(masked["input_ids"], masked["labels"]) if label != -100]
-    policy_text = "".join(text for kind, text in demo.segments if kind == "policy")
-    assert pipeline.tokenizer.decode(learnt, skip_special_tokens=True) == policy_text
-    observation = pipeline.tokenizer.decode(masked["input_ids"], skip_special_tokens=True)
-    assert "<information>Doc 1(Title: " in observation
-    full = tokenize_demonstration(demo, pipeline.tokenizer, pipeline.protocol, 200, observation_loss=True)
-    assert full["input_ids"] == masked["input_ids"]
-    assert sum(label != -100 for label in full["labels"]) > len(learnt)
+    config = pipeline.config
+    questions = pipeline.world.train_questions
+    plans = make_plans(questions, TeacherSkill.perfect(), pipeline.world.answer_pool, seed=0)
+    with deterministic_torch(1):
+        prompt_ids, output = teacher_rollout(questions, plans, pipeline.retriever, pipeline.tokenizer, config)
+    tokenizer = pipeline.tokenizer
+    masked = demonstration_rows(prompt_ids, output.samples, observation_loss=False)
+    drills = demonstration_rows(prompt_ids, output.samples, observation_loss=False, answer_only=True)
+    for row, drill, sample, question in zip(masked, drills, output.samples, questions):
+        learnt = tokenizer.decode([token for token, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert "<information>" not in learnt and learnt.count("<search>") == sample.num_searches
+        assert learnt.endswith(f"<answer> {question['golden_answers'][0]} </answer>")
+        drilled = tokenizer.decode(
+            [token for token, label in zip(drill["input_ids"], drill["labels"]) if label != -100]
+        )
+        assert drilled == f"<answer> {question['golden_answers'][0]} </answer>"
+    full = demonstration_rows(prompt_ids, output.samples, observation_loss=True)
+    assert all(a["input_ids"] == b["input_ids"] for a, b in zip(full, masked))
+    assert sum(label != -100 for row in full for label in row["labels"]) > sum(
+        label != -100 for row in masked for label in row["labels"]
+    )
+
+
+def test_copy_probe_scores_what_the_answerer_writes(toy_results):
+    pipeline, _, _ = toy_results
+    questions = pipeline.world.dev_questions
+    perfect = make_plans(questions, TeacherSkill.perfect(), pipeline.world.answer_pool, seed=0)
+    with deterministic_torch(1):
+        _, output = teacher_rollout(
+            questions,
+            perfect,
+            pipeline.retriever,
+            pipeline.tokenizer,
+            pipeline.config,
+            TeacherGenerator(pipeline.tokenizer, perfect),
+        )
+        assert [sample.answered for sample in output.samples] == [True] * len(questions)
+        wrong = [Plan(plan.question, "guess", "Nobody Here") for plan in perfect]
+        _, output = teacher_rollout(
+            questions,
+            perfect,
+            pipeline.retriever,
+            pipeline.tokenizer,
+            pipeline.config,
+            TeacherGenerator(pipeline.tokenizer, wrong),
+        )
+    texts = [pipeline.tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
+    assert all(text.endswith("<answer> Nobody Here </answer>") for text in texts)
+    assert [sample.num_searches for sample in output.samples] == [
+        1 if question["type"] == ONE_HOP else 2 for question in questions
+    ]
+    rates = pipeline.copy_rate(pipeline.model)
+    assert set(rates) == {"all", "one_hop", "two_hop"} and all(0.0 <= rate <= 1.0 for rate in rates.values())
+
+
+def test_several_seeds_report_mean_min_and_max(tmp_path):
+    config = DemoConfig.toy(output_dir=str(tmp_path), seeds=2, runs=("rl_search",), sft_max_steps=2)
+    results = run_demo(config, command="trl-search demo --seeds 2")
+    em = results["stages"]["rl_search"]["all"]["em"]
+    assert set(em) == {"mean", "min", "max", "values"} and len(em["values"]) == 2
+    assert em["min"] <= em["mean"] <= em["max"]
+    assert results["seeds"] == [0, 1] and set(results["curves"]["rl_search"]) == {"0", "1"}
+    for seed in (0, 1):
+        assert os.path.isfile(tmp_path / f"seed{seed}" / "results.json")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "trl-search demo --seeds 2" in markdown and "Seeds 0..1" in markdown and "–" in markdown
+
+
+def test_bad_settings_name_the_fix():
+    with pytest.raises(ValueError, match="Unknown RL runs"):
+        DemoConfig(runs=("rl_search", "rl_magic"))
+    with pytest.raises(ValueError, match="max_turns must be >= 2"):
+        DemoConfig(max_turns=1)
+    with pytest.raises(ValueError, match="sft_copy_threshold"):
+        DemoConfig(sft_copy_threshold=1.5)
+    with pytest.raises(ValueError, match="DemoPipeline runs one seed"):
+        DemoPipeline(DemoConfig.toy(seeds=2))
 
 
 def test_empty_retriever_finds_nothing():

@@ -1,16 +1,22 @@
-"""The demo world: deterministic, answers unguessable and findable in exactly one passage, splits disjoint."""
+"""The demo world: deterministic, answers unguessable and findable in exactly one passage, splits disjoint, two-hop
+questions answerable only through two dependent searches, and a teacher that plays inside the real rollout."""
 
-import random
+import pytest
 
 from trl_search.demo_task import (
+    ATTRIBUTE,
     ATTRIBUTES,
+    ONE_HOP,
+    TWO_HOP,
+    Plan,
+    TeacherGenerator,
     TeacherSkill,
-    demonstration,
+    make_plans,
     make_prompt,
     make_world,
-    read_answer,
+    read_fact,
+    teacher_turn,
 )
-from trl_search.protocols import TagsProtocol
 from trl_search.retrievers import BM25Retriever
 from trl_search.rewards import normalize_answer
 
@@ -19,60 +25,137 @@ def _tokens(text):
     return set(normalize_answer(text).split())
 
 
+@pytest.fixture(scope="module")
+def world():
+    return make_world(seed=0)
+
+
+@pytest.fixture(scope="module")
+def retriever(world):
+    return BM25Retriever.build(world.corpus, backend="numpy")
+
+
 def test_world_is_deterministic_per_seed():
-    assert make_world(seed=3, num_train_lands=20, num_test_lands=5) == make_world(
-        seed=3, num_train_lands=20, num_test_lands=5
-    )
+    assert make_world(seed=3, num_train_lands=20) == make_world(seed=3, num_train_lands=20)
     assert make_world(seed=3).corpus != make_world(seed=4).corpus
 
 
-def test_answers_are_unguessable_and_found_in_exactly_their_lands_passage():
-    world = make_world(seed=0)
-    for question in world.train_questions + world.test_questions:
+def test_answers_are_unguessable_and_found_in_exactly_their_lands_passage(world):
+    for question in world.train_questions + world.dev_questions + world.test_questions:
         answer = normalize_answer(question["golden_answers"][0])
-        assert not _tokens(answer) & _tokens(question["question"]), question
+        if question["type"] == ONE_HOP:
+            assert not _tokens(answer) & _tokens(question["question"]), question
+        else:  # its words may recur in the bridge value (answer words are drawn from one pool), never the whole name
+            assert f" {answer} " not in f" {normalize_answer(question['question'])} ", question
         holders = [row for row in world.corpus if f" {answer} " in f" {normalize_answer(row['contents'])} "]
         assert holders == [world.passage_of(question["land"], question["attribute"])], question
 
 
-def test_train_and_held_out_lands_are_disjoint():
-    world = make_world(seed=0)
-    train = {question["land"] for question in world.train_questions}
-    test = {question["land"] for question in world.test_questions}
-    assert train and test and not train & test
-    assert len(world.test_questions) == len(world.test_lands) * len(ATTRIBUTES)
+def test_splits_are_disjoint_and_hold_both_question_types(world):
+    lands = [{question["land"] for question in split} for split in (world.train_questions, world.dev_questions,
+                                                                     world.test_questions)]  # fmt: skip
+    assert all(lands) and not (lands[0] & lands[1] or lands[0] & lands[2] or lands[1] & lands[2])
+    for split, land_list in ((world.test_questions, world.test_lands), (world.train_questions, world.train_lands)):
+        assert sum(question["type"] == ONE_HOP for question in split) == len(land_list) * len(ATTRIBUTES)
+        assert sum(question["type"] == TWO_HOP for question in split) == len(land_list) * 2
 
 
-def test_distractors_catch_lazy_queries():
-    world = make_world(seed=0)
-    retriever = BM25Retriever.build(world.corpus, backend="numpy")
-    lands = {land.name for land in world.train_lands + world.test_lands}
+def test_two_hop_questions_name_the_land_only_through_another_fact(world):
+    for question in world.test_questions:
+        if question["type"] != TWO_HOP:
+            continue
+        assert question["land"] not in question["question"] and question["bridge_value"] in question["question"]
+        assert question["bridge"] != question["attribute"]
+        bridge = world.passage_of(question["land"], question["bridge"])["contents"]
+        assert read_fact(bridge) == (question["land"], question["bridge_value"])
+
+
+def test_careful_queries_find_the_fact_and_lazy_ones_a_distractor(world, retriever):
+    lands = {land.name for land in world.lands}
     for attribute in ATTRIBUTES:
-        top = retriever.search([attribute.lazy_query], k=1)[0][0]
-        assert top.title not in lands  # a distractor, with no answer in it
-    for question in world.test_questions:  # a careful query finds the passage with the answer
-        attribute = next(a for a in ATTRIBUTES if a.name == question["attribute"])
-        top = retriever.search([attribute.good_query(question["land"])], k=1)[0][0]
-        assert question["golden_answers"][0] in top.text, question
+        top = retriever.search([attribute.noun], k=1)[0][0]
+        assert top.title not in lands and read_fact(top.contents) is None  # a distractor, with no answer in it
+    for question in world.test_questions:
+        if question["type"] == ONE_HOP:  # one search finds the answer
+            top = retriever.search([ATTRIBUTE[question["attribute"]].query(question["land"])], k=1)[0][0]
+            assert read_fact(top.contents) == (question["land"], question["golden_answers"][0]), question
+        else:  # the first search finds the land, the second (which needs the land's name) the answer
+            top = retriever.search([ATTRIBUTE[question["bridge"]].query(question["bridge_value"])], k=1)[0][0]
+            assert read_fact(top.contents)[0] == question["land"]
+            assert question["golden_answers"][0] not in top.contents
+            top = retriever.search([ATTRIBUTE[question["attribute"]].query(question["land"])], k=1)[0][0]
+            assert read_fact(top.contents)[1] == question["golden_answers"][0]
 
 
-def test_teacher_demonstrations():
-    world = make_world(seed=0, num_train_lands=30, num_test_lands=2)
-    retriever = BM25Retriever.build(world.corpus, backend="numpy")
-    render = TagsProtocol().render_passages
-    perfect = TeacherSkill(good_search={attribute.name: 1.0 for attribute in ATTRIBUTES})
-    for question in world.train_questions[:10]:
-        demo = demonstration(question, retriever, render, perfect, world.answer_pool, random.Random(0), top_k=2)
-        assert demo.kind == "good"
-        assert question["land"] in demo.segments[0][1] and demo.segments[0][1].startswith("<search> ")
-        assert demo.segments[-1] == ("policy", f"<answer> {question['golden_answers'][0]} </answer>")
-    kinds = {
-        demonstration(question, retriever, render, TeacherSkill(), world.answer_pool, random.Random(index)).kind
-        for index, question in enumerate(world.train_questions)
+def test_teacher_turns():
+    one_hop = {"type": ONE_HOP, "attribute": "river", "land": "Vor Lak"}
+    passage = "Doc 1(Title: Vor Lak) The river of Vor Lak is Zum Bro."
+    assert teacher_turn(Plan(one_hop, "good", "Ka Lo"), []) == "<search> river Vor Lak </search>"
+    assert teacher_turn(Plan(one_hop, "good", "Ka Lo"), [passage]) == "<answer> Zum Bro </answer>"
+    assert teacher_turn(Plan(one_hop, "lazy", "Ka Lo"), []) == "<search> river </search>"
+    assert (
+        teacher_turn(Plan(one_hop, "lazy", "Ka Lo"), ["Doc 1(Title: River) Rivers flow."])
+        == "<answer> Ka Lo </answer>"
+    )
+    assert teacher_turn(Plan(one_hop, "guess", "Ka Lo"), []) == "<answer> Ka Lo </answer>"
+    two_hop = {
+        "type": TWO_HOP,
+        "attribute": "founder",
+        "land": "Vor Lak",
+        "bridge": "river",
+        "bridge_value": "Zum Bro",
     }
-    assert kinds == {"good", "lazy", "guess"}
-    assert make_prompt("Who?").endswith("Who?\n")
-    land = world.test_lands[0]
-    hit = retriever.search([f"river {land.name}"], k=1)[0]
-    assert hit[0].id == world.passage_of(land.name, "river")["id"]
-    assert read_answer(hit, "river") == land.values["river"]
+    founder = "Doc 1(Title: Vor Lak) The founder of Vor Lak is Mip Tor."
+    assert teacher_turn(Plan(two_hop, "chain", "Ka Lo"), [passage]) == "<search> founder Vor Lak </search>"
+    assert teacher_turn(Plan(two_hop, "chain", "Ka Lo"), [passage, founder]) == "<answer> Mip Tor </answer>"
+    assert teacher_turn(Plan(two_hop, "shortcut", "Ka Lo"), []) == "<search> river Zum Bro </search>"
+    assert teacher_turn(Plan(two_hop, "shortcut", "Ka Lo"), [passage]) == "<answer> Vor Lak </answer>"
+
+
+def test_teacher_skill_draws_and_validates(world):
+    plans = make_plans(world.train_questions, TeacherSkill(), world.answer_pool, seed=0)
+    assert plans == make_plans(world.train_questions, TeacherSkill(), world.answer_pool, seed=0)
+    share = {}
+    for plan in plans:
+        key = (plan.question["type"], plan.question["attribute"] if plan.question["type"] == ONE_HOP else "")
+        share.setdefault(key, []).append(plan.behaviour)
+    assert share[(ONE_HOP, "capital")].count("good") / len(share[(ONE_HOP, "capital")]) > 0.8
+    assert share[(ONE_HOP, "founder")].count("good") / len(share[(ONE_HOP, "founder")]) < 0.4
+    two_hop = share[(TWO_HOP, "")]
+    assert two_hop.count("shortcut") > two_hop.count("chain") > 0  # often stops after one search
+    assert {plan.behaviour for plan in make_plans(world.test_questions, TeacherSkill.perfect(), ["x"], 0)} == {
+        "good",
+        "chain",
+    }
+    with pytest.raises(ValueError, match="chain \\+ shortcut"):
+        TeacherSkill(chain=0.7, shortcut=0.5)
+
+
+def test_teacher_plays_inside_the_real_rollout(world, retriever):
+    from trl_search.data import tokenize_prompts
+    from trl_search.offline_models import build_tokenizer
+    from trl_search.rewards import exact_match_reward
+    from trl_search.rollout import SearchRollout
+
+    tokenizer = build_tokenizer([row["contents"] for row in world.corpus], vocab_size=600)
+    questions = [question for question in world.test_questions[:12]]
+    plans = make_plans(questions, TeacherSkill.perfect(), world.answer_pool, seed=0)
+    rollout = SearchRollout(retriever, tokenizer, max_turns=2, retrieval_top_k=1, max_completion_length=256)
+    prompts = tokenize_prompts([make_prompt(question["question"]) for question in questions], tokenizer)
+    output = rollout.run(prompts, TeacherGenerator(tokenizer, plans))
+    texts = [tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
+    assert exact_match_reward(texts, [question["golden_answers"] for question in questions]) == [1.0] * len(questions)
+    for sample, question in zip(output.samples, questions):
+        assert sample.num_searches == (1 if question["type"] == ONE_HOP else 2)
+        # the observations are the rollout's own (mask 0); the teacher wrote only the policy turns (mask 1)
+        policy = tokenizer.decode([t for t, m in zip(sample.completion_ids, sample.env_mask) if m])
+        assert "<information>" not in policy and policy.count("<search>") == sample.num_searches
+    # with an answerer, the teacher searches and the answerer writes the answers
+    wrong = [Plan(plan.question, "guess", "Ka Lo") for plan in plans]
+    probe = TeacherGenerator(tokenizer, plans, answerer=TeacherGenerator(tokenizer, wrong))
+    output = rollout.run(prompts, probe)
+    assert [sample.num_searches for sample in output.samples] == [1 if q["type"] == ONE_HOP else 2 for q in questions]
+    texts = [tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
+    assert all(text.endswith("<answer> Ka Lo </answer>") for text in texts)
+    with pytest.raises(ValueError, match="one plan per distinct question"):
+        TeacherGenerator(tokenizer, plans + plans[:1])

@@ -1,35 +1,50 @@
-"""The offline learning demo: a tiny model learns, on a CPU, to search an encyclopedia it has never seen.
+"""The offline learning demo: a tiny model learns, on a CPU, to search an encyclopedia it has never seen, one- and
+two-hop.
 
-Stages, all offline and seeded:
+Stages of one seed, all offline and deterministic for the seed on a given machine:
 1. generate the world (`trl_search.demo_task`), index its corpus with BM25, train a tokenizer on the training text and
    build a tiny Qwen2 model from scratch;
-2. warm start with TRL's `SFTTrainer` on an imperfect teacher's trajectories (observation tokens carry no loss);
-3. evaluate on questions about held-out lands with `trl_search.evaluation.evaluate` (greedy, same rollout);
-4. train with `SearchGRPOTrainer` and BM25, and two controls with the same budget and seeds: a retriever that finds
+2. warm start with TRL's `SFTTrainer` on an imperfect teacher's trajectories, written by the teacher inside the real
+   rollout; it stops once the model copies the answer from what was retrieved on validation questions (lands in
+   neither split) at `sft_copy_threshold`, checked every `sft_check_every` steps, or at `sft_max_steps`;
+3. evaluate on questions about held-out lands with `trl_search.evaluation.evaluate` (greedy, same rollout), per
+   question type;
+4. train with `SearchGRPOTrainer` and BM25, and controls with the same budget and seed: a retriever that finds
    nothing, and `mask_retrieved_tokens=False`; evaluate each;
 5. write `results.json`, `results.md` and the plots (`trl_search.demo_report`).
+
+`seeds > 1` runs the whole pipeline once per seed (in `workers` processes) and reports the mean, min and max.
 
 Example:
     >>> from trl_search.demo import DemoConfig, run_demo
     >>> results = run_demo(DemoConfig.quick(output_dir="demo_output"))  # doctest: +SKIP
-    >>> results["stages"]["rl_search"]["em"]  # doctest: +SKIP
+    >>> results["stages"]["rl_search"]["all"]["em"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 
 from transformers import PrinterCallback, TrainerCallback
 
-from .demo_task import PROMPT_TEMPLATE, TeacherSkill, World, demonstration, make_prompt, make_world
+from .demo_task import (
+    BEHAVIOURS,
+    PROMPT_TEMPLATE,
+    QUESTION_TYPES,
+    TeacherGenerator,
+    TeacherSkill,
+    World,
+    make_plans,
+    make_prompt,
+    make_world,
+)
 from .retrievers.base import Retriever
 
 
-DATASET_NAME = "world"  # held-out questions are written to <output_dir>/data/world/test.jsonl for the harness
 RL_RUNS = {  # run name -> (label, searches?, mask retrieved tokens?)
     "rl_search": ("RL with search (BM25)", True, True),
     "rl_no_retrieval": ("RL, retriever returns nothing", False, True),
@@ -52,64 +67,116 @@ class EmptyRetriever(Retriever):
 
 @dataclass
 class DemoConfig:
-    """Every setting of the demo. `DemoConfig.quick()` is the README's 3-minute version; `DemoConfig.toy()` is for
-    tests.
+    """Every setting of the demo. `DemoConfig.quick()` is the README's first command; `DemoConfig.reduced()` the
+    learning check of the test suite; `DemoConfig.toy()` a seconds-long run of every stage.
 
     Example:
         >>> DemoConfig.quick().rl_steps < DemoConfig().rl_steps
         True
     """
 
-    output_dir: str = "demo_output"
-    seed: int = 0
-    seeds: int = 1  # RL seeds per run (seed, seed + 1, ...); the warm start is shared
-    runs: tuple[str, ...] = tuple(RL_RUNS)
+    output_dir: str = field(default="demo_output", metadata={"help": "Where results, plots and checkpoints go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the world, the model, the warm start and RL."})
+    seeds: int = field(
+        default=1,
+        metadata={"help": "Run the whole pipeline for seeds seed, seed+1, ...; report the mean, min and max."},
+    )
+    workers: int = field(default=1, metadata={"help": "Processes running seeds side by side (one thread each)."})
+    runs: tuple[str, ...] = field(default=tuple(RL_RUNS), metadata={"help": f"RL runs, among {list(RL_RUNS)}."})
     # world
-    num_train_lands: int = 150
-    num_test_lands: int = 40
+    num_train_lands: int = field(default=150, metadata={"help": "Lands the training questions are about."})
+    num_dev_lands: int = field(default=20, metadata={"help": "Lands of the validation questions (warm-start stop)."})
+    num_test_lands: int = field(default=40, metadata={"help": "Lands of the held-out questions."})
     # tokenizer and model
-    vocab_size: int = 800  # every invented word becomes one token, every name two
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
+    vocab_size: int = field(default=800, metadata={"help": "BPE vocabulary: every invented word becomes one token."})
+    hidden_size: int = field(default=64, metadata={"help": "Width of the Qwen2 model."})
+    num_layers: int = field(default=2, metadata={"help": "Layers of the Qwen2 model."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads per layer."})
     # warm start
-    sft_steps: int = 2000  # copying names (what reading a passage needs) emerges after ~500 steps from scratch
-    sft_demos_per_question: int = 1
-    sft_batch_size: int = 16
-    sft_learning_rate: float = 3e-3
-    sft_observation_loss: bool = True
-    teacher: TeacherSkill = field(default_factory=TeacherSkill)
+    sft_max_steps: int = field(default=3000, metadata={"help": "Cap on warm-start steps."})
+    sft_min_steps: int = field(default=200, metadata={"help": "Warm-start steps before the stop criterion counts."})
+    sft_check_every: int = field(default=50, metadata={"help": "Warm-start steps between copy-rate checks."})
+    sft_copy_threshold: float = field(
+        default=0.9,
+        metadata={
+            "help": "The warm start stops once the model, given the searches of a perfect teacher, answers this "
+            "share of validation questions right (it copies the answer from the observation)."
+        },
+    )
+    sft_batch_size: int = field(default=32, metadata={"help": "Demonstrations per warm-start step."})
+    sft_learning_rate: float = field(default=3e-3, metadata={"help": "Warm-start learning rate (constant)."})
+    sft_warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps of the warm start."})
+    sft_observation_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the warm start on the observation tokens too (language modelling of the passages, "
+            "standing in for a real LLM's pretraining); RL never does."
+        },
+    )
+    sft_reading_drills: bool = field(
+        default=True,
+        metadata={
+            "help": "Add reading drills to the warm start: a perfect teacher's trajectories with loss on the "
+            "observations and the final answer only (copying practice; no search decision is learnt from them)."
+        },
+    )
+    teacher: TeacherSkill = field(default_factory=TeacherSkill, metadata={"help": "How good the teacher is."})
     # RL
-    rl_steps: int = 150
-    rl_prompts_per_step: int = 4
-    num_generations: int = 8
-    rl_learning_rate: float = 2e-4
-    temperature: float = 1.0
+    rl_steps: int = field(default=200, metadata={"help": "RL steps per run."})
+    rl_prompts_per_step: int = field(default=8, metadata={"help": "Questions per RL step."})
+    num_generations: int = field(default=8, metadata={"help": "Completions per question (the GRPO group)."})
+    rl_learning_rate: float = field(default=5e-4, metadata={"help": "RL learning rate (constant)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during RL."})
     # rollout
-    max_turns: int = 1
-    top_k: int = 1  # one short passage per search keeps sequences short enough for a CPU
-    max_tokens_per_turn: int = 16
-    max_obs_length: int = 80
-    max_completion_length: int = 128
+    max_turns: int = field(default=2, metadata={"help": "Searches per question (two-hop questions need two)."})
+    retrieval_top_k: int = field(default=1, metadata={"help": "Passages per search."})
+    max_tokens_per_turn: int = field(default=16, metadata={"help": "Tokens the policy may write per turn."})
+    max_obs_length: int = field(default=64, metadata={"help": "Tokens per observation, tags included."})
+    max_completion_length: int = field(default=160, metadata={"help": "Tokens per completion, all turns."})
     # evaluation
-    eval_every: int = 10
-    eval_questions_during_rl: int = 80
-    eval_batch_size: int = 80
-    progress: bool = True
+    eval_every: int = field(default=20, metadata={"help": "RL steps between held-out evaluations."})
+    eval_questions_during_rl: int = field(default=40, metadata={"help": "Held-out questions per type, during RL."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Questions per evaluation batch."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress display (needs rich)."})
     # The model is tiny: one thread does its small matrix products about as fast as two, and is many times faster
-    # when other processes share the cores (threads then spin waiting for each other).
-    num_threads: int | None = 1
+    # when other processes share the cores (threads then spin waiting for each other). Fixed, for determinism.
+    num_threads: int = field(default=1, metadata={"help": "Torch threads per process."})
+
+    def __post_init__(self):
+        unknown = set(self.runs) - set(RL_RUNS)
+        if unknown:
+            raise ValueError(f"Unknown RL runs {sorted(unknown)}; choose among {list(RL_RUNS)}.")
+        if isinstance(self.teacher, dict):  # from results.json
+            self.teacher = TeacherSkill(**self.teacher)
+        for name in ("seeds", "workers", "sft_max_steps", "sft_check_every", "rl_steps", "num_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 < self.sft_copy_threshold <= 1.0:
+            raise ValueError(f"sft_copy_threshold must lie in (0, 1], got {self.sft_copy_threshold}.")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO compares completions within a group.")
+        if self.max_turns < 2:
+            raise ValueError(f"max_turns must be >= 2 (two-hop questions need two searches), got {self.max_turns}.")
+        if self.max_obs_length >= self.max_completion_length:
+            raise ValueError("max_obs_length must be smaller than max_completion_length.")
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
-        """A shorter run for a first try (about 3 minutes on 2 CPU cores): a shorter warm start and RL, and only the
-        no-retrieval control."""
+        """The README's first command (a few minutes on 2 CPU cores): a shorter RL run, and only the no-retrieval
+        control."""
+        settings = dict(rl_steps=100, eval_every=20, runs=("rl_search", "rl_no_retrieval"))
+        return cls(**{**settings, **overrides})
+
+    @classmethod
+    def reduced(cls, **overrides) -> DemoConfig:
+        """The learning check of the test suite: a smaller world and RL run, no controls, no progress display."""
         settings = dict(
-            sft_steps=800,
-            rl_steps=40,
-            eval_every=10,
-            eval_questions_during_rl=40,
-            runs=("rl_search", "rl_no_retrieval"),
+            num_train_lands=100,
+            num_test_lands=20,
+            rl_steps=60,
+            eval_every=60,
+            runs=("rl_search",),
+            progress=False,
         )
         return cls(**{**settings, **overrides})
 
@@ -118,12 +185,16 @@ class DemoConfig:
         """A seconds-long run that exercises every stage (for tests); it learns nothing."""
         settings = dict(
             num_train_lands=6,
+            num_dev_lands=2,
             num_test_lands=2,
             vocab_size=400,
             hidden_size=32,
             num_layers=1,
             num_heads=2,
-            sft_steps=2,
+            sft_max_steps=4,
+            sft_min_steps=0,
+            sft_check_every=2,
+            sft_warmup_steps=0,
             sft_batch_size=8,
             rl_steps=2,
             rl_prompts_per_step=2,
@@ -133,7 +204,7 @@ class DemoConfig:
             eval_batch_size=16,
             max_tokens_per_turn=6,
             max_obs_length=48,
-            max_completion_length=64,
+            max_completion_length=96,
             progress=False,
         )
         return cls(**{**settings, **overrides})
@@ -142,56 +213,99 @@ class DemoConfig:
 # --- Building blocks -----------------------------------------------------------------------------------------------
 
 
-def training_texts(world: World, demonstrations=()) -> list[str]:
-    """The text a tokenizer may learn from: the corpus without the held-out lands' passages, the training prompts and
-    the teacher's demonstrations (so that the tags and the observation format tokenise compactly).
+def tokenizer_texts(world: World, retriever, protocol) -> list[str]:
+    """The text a tokenizer may learn from: the corpus without the held-out and validation lands' passages, and the
+    training questions with the teacher's turns around one observation each, rendered by the protocol (so that the
+    tags and the observation format tokenise compactly).
 
-    Held-out names then split into pieces that the model has met in training (a token seen only at test time would
-    keep its random embedding, and could not be copied).
+    Held-out names then split into pieces the model has met in training (a token seen only at test time would keep
+    its random embedding, and could not be copied).
     """
-    held_out = {f'"{land.name}"' for land in world.test_lands}
-    passages = [row["contents"] for row in world.corpus if row["contents"].split("\n", 1)[0] not in held_out]
-    demos = [
-        make_prompt(demo.question["question"]) + "".join(text for _, text in demo.segments) for demo in demonstrations
-    ]
-    return passages + [make_prompt(row["question"]) for row in world.train_questions] + demos
+    from .demo_task import ATTRIBUTE
 
-
-def tokenize_demonstration(demo, tokenizer, protocol, max_obs_length: int, observation_loss: bool = False) -> dict:
-    """Tokenises a teacher trajectory exactly as the rollout would build it, with labels on the policy text.
-
-    The prompt gets label -100. The observations (injected text at RL time) get label -100 too unless
-    `observation_loss`: then the model also learns to read the passages as a language model would, the way a
-    pretrained LLM has read its corpus, which teaches a tiny model to copy names far sooner. The final EOS is learnt,
-    so that the model also stops on its own outside the rollout.
-    """
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompt_ids = tokenizer(make_prompt(demo.question["question"]))["input_ids"]
-    input_ids, labels = list(prompt_ids), [-100] * len(prompt_ids)
-    for kind, text in demo.segments:
-        if kind == "observation":  # the rollout encodes the tags and the body separately, and cuts the body
-            open_ids, close_ids = encode(protocol.observation_open), encode(protocol.observation_close)
-            body_ids = encode(text)[: max_obs_length - len(open_ids) - len(close_ids)]
-            ids = open_ids + body_ids + close_ids
-            input_ids += ids
-            labels += ids if observation_loss else [-100] * len(ids)
+    unseen = {land.name for land in world.dev_lands + world.test_lands}
+    passages = [row["contents"] for row in world.corpus if row["contents"].split("\n", 1)[0] not in unseen]
+    texts = []
+    for question in world.train_questions:
+        if question["type"] == "one_hop":
+            query = ATTRIBUTE[question["attribute"]].query(question["land"])
         else:
-            ids = encode(text)
-            input_ids += ids
-            labels += ids
-    input_ids.append(tokenizer.eos_token_id)
-    labels.append(tokenizer.eos_token_id)
-    return {"input_ids": input_ids, "labels": labels}
+            query = ATTRIBUTE[question["bridge"]].query(question["bridge_value"])
+        observation = protocol.render_observation(retriever.search([query], k=1)[0])
+        answer = question["golden_answers"][0]
+        texts.append(
+            make_prompt(question["question"]) + f"<search> {query} </search>{observation}<answer> {answer} </answer>"
+        )
+    return passages + texts
 
 
-def write_eval_data(world: World, directory: str) -> str:
-    """Writes the held-out questions where `load_qa_dataset(DATASET_NAME, "test", directory)` finds them."""
-    path = os.path.join(directory, DATASET_NAME, "test.jsonl")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in world.test_questions:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+def teacher_rollout(questions, plans, retriever, tokenizer, config: DemoConfig, answerer=None):
+    """Runs the teacher (or, with `answerer`, the teacher's searches and the answerer's answers) through the real
+    rollout; returns the prompts' token ids and the rollout's output."""
+    from .data import tokenize_prompts
+    from .rollout import SearchRollout
+
+    rollout = SearchRollout(
+        retriever,
+        tokenizer,
+        max_turns=config.max_turns,
+        retrieval_top_k=config.retrieval_top_k,
+        max_obs_length=config.max_obs_length,
+        max_tokens_per_turn=config.max_tokens_per_turn,
+        max_completion_length=config.max_completion_length,
+    )
+    prompt_ids = tokenize_prompts([make_prompt(question["question"]) for question in questions], tokenizer)
+    generator = TeacherGenerator(tokenizer, plans, answerer=answerer)
+    golds = [question["golden_answers"] for question in questions]
+    return prompt_ids, rollout.run(prompt_ids, generator, golden_answers=golds)
+
+
+def demonstration_rows(prompt_ids, samples, observation_loss: bool, answer_only: bool = False) -> list[dict]:
+    """SFT rows from rollout samples: the prompt carries no loss; policy tokens (mask 1) do; injected tokens do only
+    with `observation_loss`. With `answer_only`, of the policy tokens only the last turn (the answer) carries loss:
+    a reading drill, which teaches copying an answer without teaching how to search.
+
+    Example:
+        >>> from trl_search.rollout import SampleTrajectory
+        >>> sample = SampleTrajectory([1, 2], completion_ids=[3, 4, 5, 6], env_mask=[1, 0, 1, 0])
+        >>> demonstration_rows([[1, 2]], [sample], observation_loss=False)
+        [{'input_ids': [1, 2, 3, 4, 5, 6], 'labels': [-100, -100, 3, -100, 5, -100]}]
+        >>> demonstration_rows([[1, 2]], [sample], observation_loss=False, answer_only=True)[0]["labels"]
+        [-100, -100, -100, -100, 5, -100]
+    """
+    rows = []
+    for prompt, sample in zip(prompt_ids, samples):
+        mask = list(sample.env_mask)
+        if answer_only:
+            last = len(mask) - 1
+            while last >= 0 and not mask[last]:  # the injected EOS after the answer
+                last -= 1
+            first = last
+            while first > 0 and mask[first - 1]:
+                first -= 1
+            mask = [2 if first <= index <= last else 0 if not value else -1 for index, value in enumerate(mask)]
+        labels = [
+            token if value > 0 or (value == 0 and observation_loss) else -100
+            for token, value in zip(sample.completion_ids, mask)
+        ]
+        rows.append({"input_ids": list(prompt) + sample.completion_ids, "labels": [-100] * len(prompt) + labels})
+    return rows
+
+
+def write_eval_data(questions: list[dict], directory: str) -> dict[str, str]:
+    """Writes held-out questions where `load_qa_dataset(<type>, "test", directory)` finds them, one set per question
+    type (`one_hop`, `two_hop`); returns the paths."""
+    paths = {}
+    for kind in QUESTION_TYPES:
+        path = os.path.join(directory, kind, "test.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in questions:
+                if row["type"] == kind:
+                    keep = {key: row[key] for key in ("id", "question", "golden_answers")}
+                    handle.write(json.dumps(keep, ensure_ascii=False) + "\n")
+        paths[kind] = path
+    return paths
 
 
 def _quiet_logs():
@@ -199,11 +313,13 @@ def _quiet_logs():
     import warnings
 
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deterministic.*", category=UserWarning)
 
     import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars between the demo's own
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     for name in ("trl", "trl_search", "bm25s", "httpx"):
@@ -222,11 +338,35 @@ def _offline_environment():
         os.environ.setdefault(key, value)
 
 
+@contextmanager
+def deterministic_torch(num_threads: int):
+    """Fixed threads and deterministic algorithms while the demo runs (restored afterwards): the same seed on the same
+    machine then gives the same results."""
+    import torch
+    import torch.utils.deterministic as deterministic_settings
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = deterministic_settings.fill_uninitialized_memory
+    torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN; TRL's chunked log-prob buffers then cost a second a
+    # step on a CPU. They are always written before being read, so the fill buys nothing here.
+    deterministic_settings.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        deterministic_settings.fill_uninitialized_memory = fill
+
+
 # --- The stages ----------------------------------------------------------------------------------------------------
 
 
 class DemoPipeline:
-    """Runs the demo's stages; each stage is a method, so that tests and notebooks can run them one by one.
+    """Runs the demo's stages for one seed; each stage is a method, so that tests and notebooks can run them one by
+    one (inside `deterministic_torch`, as `run` does).
 
     Example:
         >>> pipeline = DemoPipeline(DemoConfig.toy(output_dir="/tmp/demo"))  # doctest: +SKIP
@@ -236,15 +376,10 @@ class DemoPipeline:
     def __init__(self, config: DemoConfig, display=None):
         from .demo_report import Display
 
+        if config.seeds != 1:
+            raise ValueError("DemoPipeline runs one seed; use run_demo for several.")
         _offline_environment()
         _quiet_logs()
-        unknown = set(config.runs) - set(RL_RUNS)
-        if unknown:
-            raise ValueError(f"Unknown RL runs {sorted(unknown)}; choose among {list(RL_RUNS)}.")
-        if config.num_threads:
-            import torch
-
-            torch.set_num_threads(config.num_threads)
         self.config = config
         self.display = display or Display(enabled=config.progress)
         self.results: dict = {"config": _jsonable(asdict(config)), "stages": {}, "curves": {}, "timings": {}}
@@ -257,39 +392,30 @@ class DemoPipeline:
         from .retrievers import BM25Retriever
 
         config = self.config
-        self.world = make_world(config.seed, config.num_train_lands, config.num_test_lands)
+        self.world = make_world(config.seed, config.num_train_lands, config.num_dev_lands, config.num_test_lands)
         self.protocol = get_protocol("tags")
         self.retriever = BM25Retriever.build(self.world.corpus, backend="numpy")  # small corpus: no numba compile
         self.data_dir = os.path.join(config.output_dir, "data")
-        write_eval_data(self.world, self.data_dir)
-        rng = random.Random(config.seed)
-        self.demonstrations = [
-            demonstration(
-                question,
-                self.retriever,
-                self.protocol.render_passages,
-                config.teacher,
-                self.world.answer_pool,
-                rng,
-                top_k=config.top_k,
-            )
-            for _ in range(config.sft_demos_per_question)
-            for question in self.world.train_questions
-        ]
-        self.tokenizer = build_tokenizer(training_texts(self.world, self.demonstrations), vocab_size=config.vocab_size)
+        write_eval_data(self.world.test_questions, self.data_dir)
+        texts = tokenizer_texts(self.world, self.retriever, self.protocol)
+        self.tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
         self.model = build_model(
             self.tokenizer,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
-            max_position_embeddings=1024,
+            max_position_embeddings=512,
             seed=config.seed,
         )
         self.results["world"] = {
             "train_lands": len(self.world.train_lands),
+            "dev_lands": len(self.world.dev_lands),
             "test_lands": len(self.world.test_lands),
             "train_questions": len(self.world.train_questions),
-            "test_questions": len(self.world.test_questions),
+            "dev_questions": len(self.world.dev_questions),
+            "test_questions": {
+                kind: sum(row["type"] == kind for row in self.world.test_questions) for kind in QUESTION_TYPES
+            },
             "corpus_passages": len(self.world.corpus),
         }
         self.results["model"] = {
@@ -297,31 +423,68 @@ class DemoPipeline:
             "vocab_size": len(self.tokenizer),
         }
 
+    def demonstrations(self) -> list[dict]:
+        """The warm start's rows: the imperfect teacher's trajectories on the training questions, and (with
+        `sft_reading_drills`) a perfect teacher's trajectories in which only the observations and the final answer
+        carry loss: practice at copying names, standing in for a pretrained LLM's reading skill, that teaches no
+        search decision."""
+        config = self.config
+        questions = self.world.train_questions
+        plans = make_plans(questions, config.teacher, self.world.answer_pool, config.seed)
+        prompt_ids, output = teacher_rollout(questions, plans, self.retriever, self.tokenizer, config)
+        rows = demonstration_rows(prompt_ids, output.samples, config.sft_observation_loss)
+        self.results["teacher"] = {
+            kind: {
+                behaviour: sum(plan.behaviour == behaviour for plan in of_kind) / len(of_kind)
+                for behaviour in BEHAVIOURS[kind]
+            }
+            for kind in QUESTION_TYPES
+            for of_kind in [[plan for plan in plans if plan.question["type"] == kind]]
+        }
+        if config.sft_reading_drills:
+            perfect = make_plans(questions, TeacherSkill.perfect(), self.world.answer_pool, config.seed)
+            prompt_ids, output = teacher_rollout(questions, perfect, self.retriever, self.tokenizer, config)
+            rows += demonstration_rows(prompt_ids, output.samples, config.sft_observation_loss, answer_only=True)
+        return rows
+
+    def copy_rate(self, model) -> dict:
+        """Validation probe: the teacher searches perfectly, the model writes the answers (greedy); returns the share
+        answered right, over all validation questions and per type."""
+        from .generation import TransformersGenerator
+        from .rewards import exact_match_reward
+
+        questions = self.world.dev_questions
+        plans = make_plans(questions, TeacherSkill.perfect(), self.world.answer_pool, self.config.seed)
+        was_training = model.training
+        model.eval()
+        answerer = TransformersGenerator(model, self.tokenizer, _greedy(model))
+        _, output = teacher_rollout(questions, plans, self.retriever, self.tokenizer, self.config, answerer)
+        model.train(was_training)
+        texts = [self.tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
+        scores = exact_match_reward(texts, [question["golden_answers"] for question in questions])
+        rates = {"all": sum(scores) / len(scores)}
+        for kind in QUESTION_TYPES:
+            of_kind = [score for score, question in zip(scores, questions) if question["type"] == kind]
+            rates[kind] = sum(of_kind) / len(of_kind)
+        return rates
+
     # stage 2
     def warm_start(self) -> None:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         config = self.config
-        demos = self.demonstrations
-        kinds = [demo.kind for demo in demos]
-        self.results["teacher"] = {kind: kinds.count(kind) / len(kinds) for kind in ("good", "lazy", "guess")}
-        rows = [
-            tokenize_demonstration(
-                demo, self.tokenizer, self.protocol, config.max_obs_length, config.sft_observation_loss
-            )
-            for demo in demos
-        ]
+        rows = self.demonstrations()
         sft_dir = os.path.join(config.output_dir, "sft")
         args = SFTConfig(
             output_dir=sft_dir,
-            max_steps=config.sft_steps,
+            max_steps=config.sft_max_steps,
             per_device_train_batch_size=config.sft_batch_size,
             learning_rate=config.sft_learning_rate,
             lr_scheduler_type="constant_with_warmup",
-            warmup_steps=0.05,
+            warmup_steps=config.sft_warmup_steps,
             weight_decay=0.0,
-            max_length=512,
+            max_length=None,
             logging_steps=10,
             save_strategy="no",
             report_to="none",
@@ -329,29 +492,35 @@ class DemoPipeline:
             bf16=False,
             disable_tqdm=True,
             seed=config.seed,
+            data_seed=config.seed,
             dataloader_num_workers=0,
             gradient_checkpointing=False,  # TRL turns it on by default; a tiny model has no memory to save
         )
+        probe = _CopyProbe(self, config.sft_check_every, config.sft_min_steps, config.sft_copy_threshold)
         trainer = SFTTrainer(
             model=self.model,
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=self.tokenizer,
-            callbacks=[self.display.trainer_callback("warm start (SFT)")],
+            callbacks=[self.display.trainer_callback("warm start (SFT)", copy_probe=probe), probe],
         )
         trainer.remove_callback(PrinterCallback)  # the progress display shows the loss
         start = time.perf_counter()
         trainer.train()
         self.results["timings"]["warm_start"] = time.perf_counter() - start
-        self.results["curves"]["sft_loss"] = [
-            (entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry
-        ]
+        self.results["warm_start"] = {
+            "steps": trainer.state.global_step,
+            "stopped_by": "copy rate" if probe.reached else "step cap",
+            "copy_rate": probe.points,
+            "loss": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+        }
         self.sft_dir = sft_dir
         self.model.save_pretrained(sft_dir)
         self.tokenizer.save_pretrained(sft_dir)
 
-    def evaluate(self, model, retriever=None, limit=None, output_dir=None, label=None) -> dict:
-        """Greedy evaluation on held-out questions with the package's harness; returns its metrics."""
+    def evaluate(self, model, retriever=None, limit=None, output_dir=None) -> dict:
+        """Greedy evaluation on held-out questions with the package's harness; returns metrics per question type and
+        over all questions (`"all"`)."""
         from .evaluation import evaluate
 
         config = self.config
@@ -359,7 +528,7 @@ class DemoPipeline:
         results = evaluate(
             model,
             retriever if retriever is not None else self.retriever,
-            DATASET_NAME,
+            list(QUESTION_TYPES),
             tokenizer=self.tokenizer,
             data_dir=self.data_dir,
             split="test",
@@ -367,29 +536,28 @@ class DemoPipeline:
             output_dir=output_dir,
             batch_size=config.eval_batch_size,
             max_turns=config.max_turns,
-            top_k=config.top_k,
+            retrieval_top_k=config.retrieval_top_k,
             max_obs_length=config.max_obs_length,
             max_tokens_per_turn=config.max_tokens_per_turn,
             max_completion_length=config.max_completion_length,
             prompt_template=PROMPT_TEMPLATE,
             conversational=False,
-            label=label,
             progress=False,
         )
         model.train(was_training)
-        return results["average"]
+        return _by_type(results["datasets"])
 
     # stage 3
     def evaluate_warm_start(self) -> None:
         stage_dir = os.path.join(self.config.output_dir, "eval", "warm_start")
         with self.display.status("evaluating the warm start"):
-            self.results["stages"]["warm_start"] = _summary(self.evaluate(self.model, output_dir=stage_dir))
-            self.results["stages"]["warm_start_no_retrieval"] = _summary(
-                self.evaluate(self.model, EmptyRetriever(), output_dir=stage_dir + "_no_retrieval")
+            self.results["stages"]["warm_start"] = self.evaluate(self.model, output_dir=stage_dir)
+            self.results["stages"]["warm_start_no_retrieval"] = self.evaluate(
+                self.model, EmptyRetriever(), output_dir=stage_dir + "_no_retrieval"
             )
 
-    # stages 4-5
-    def reinforce(self, run: str, seed: int) -> dict:
+    # stage 4
+    def reinforce(self, run: str) -> dict:
         """One RL run from the warm start; returns its final metrics and its curves."""
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
@@ -401,7 +569,7 @@ class DemoPipeline:
         label, searches, masked = RL_RUNS[run]
         retriever = self.retriever if searches else EmptyRetriever()
         model = AutoModelForCausalLM.from_pretrained(self.sft_dir)
-        run_dir = os.path.join(config.output_dir, "rl", f"{run}_seed{seed}")
+        run_dir = os.path.join(config.output_dir, "rl", run)
         dataset = Dataset.from_list(
             [
                 {"prompt": make_prompt(row["question"]), "golden_answers": row["golden_answers"]}
@@ -418,7 +586,7 @@ class DemoPipeline:
             beta=0.0,
             temperature=config.temperature,
             max_turns=config.max_turns,
-            top_k=config.top_k,
+            retrieval_top_k=config.retrieval_top_k,
             max_tokens_per_turn=config.max_tokens_per_turn,
             max_obs_length=config.max_obs_length,
             max_completion_length=config.max_completion_length,
@@ -429,8 +597,8 @@ class DemoPipeline:
             use_cpu=True,
             bf16=False,
             disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
+            seed=config.seed,
+            data_seed=config.seed,
             gradient_checkpointing=False,
         )
         em_curve = _EvalCurve(self, retriever, config.eval_every, config.eval_questions_during_rl)
@@ -440,32 +608,25 @@ class DemoPipeline:
             train_dataset=dataset,
             processing_class=self.tokenizer,
             retriever=retriever,
-            callbacks=[self.display.trainer_callback(f"{label} (seed {seed})", em_curve), em_curve],
+            callbacks=[self.display.trainer_callback(label, em_curve=em_curve), em_curve],
         )
         trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-        final = self.evaluate(
-            model, retriever, output_dir=os.path.join(config.output_dir, "eval", f"{run}_seed{seed}")
-        )
+        final = self.evaluate(model, retriever, output_dir=os.path.join(config.output_dir, "eval", run))
         history = trainer.state.log_history
-        return {
-            "final": _summary(final),
-            "seconds": seconds,
-            "reward": [(entry["step"], entry["reward"]) for entry in history if "reward" in entry],
-            "searches_per_sample": [
-                (entry["step"], entry["search/searches_per_sample"])
-                for entry in history
-                if "search/searches_per_sample" in entry
-            ],
-            "answer_retrieved": [
-                (entry["step"], entry["search/answer_in_retrieval_ratio"])
-                for entry in history
-                if "search/answer_in_retrieval_ratio" in entry
-            ],
-            "heldout_em": em_curve.points,
+
+        def logged(key):
+            return [(entry["step"], entry[key]) for entry in history if key in entry]
+
+        curves = {
+            "reward": logged("reward"),
+            "searches_per_sample": logged("search/searches_per_sample"),
+            "answer_retrieved": logged("search/answer_in_retrieval_ratio"),
+            "heldout": em_curve.points,
         }
+        return {"final": final, "seconds": seconds, "curves": curves}
 
     def run(self) -> dict:
         """Runs every stage and writes the outputs; returns the results (also in `results.json`)."""
@@ -473,33 +634,55 @@ class DemoPipeline:
 
         config = self.config
         start = time.perf_counter()
-        with self.display.status("building the world, the tokenizer and the model"):
-            self.build()
-        self.warm_start()
-        self.evaluate_warm_start()
-        seeds = [config.seed + offset for offset in range(config.seeds)]
-        for run in config.runs:
-            per_seed = {seed: self.reinforce(run, seed) for seed in seeds}
-            self.results["curves"][run] = {str(seed): _curves(out) for seed, out in per_seed.items()}
-            self.results["stages"][run] = _mean_over_seeds([out["final"] for out in per_seed.values()])
-            self.results["timings"][run] = sum(out["seconds"] for out in per_seed.values())
-            self.display.stage_done(RL_RUNS[run][0], self.results["stages"][run])
+        with deterministic_torch(config.num_threads):
+            with self.display.status("building the world, the tokenizer and the model"):
+                self.build()
+            self.warm_start()
+            self.evaluate_warm_start()
+            for run in config.runs:
+                out = self.reinforce(run)
+                self.results["stages"][run] = out["final"]
+                self.results["curves"][run] = out["curves"]
+                self.results["timings"][run] = out["seconds"]
+                self.display.stage_done(RL_RUNS[run][0], out["final"])
         self.results["timings"]["total"] = time.perf_counter() - start
         self.results["table"] = results_table(self.results)
         write_report(self.results, config.output_dir)
         return self.results
 
 
+class _CopyProbe(TrainerCallback):
+    """Stops the warm start once the validation copy rate reaches `threshold` (checked every `every` steps)."""
+
+    def __init__(self, pipeline: DemoPipeline, every: int, min_steps: int, threshold: float):
+        self.pipeline, self.every, self.min_steps, self.threshold = pipeline, every, min_steps, threshold
+        self.points: list[tuple[int, float, float, float]] = []  # (step, all, one-hop, two-hop)
+        self.reached = False
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        rates = self.pipeline.copy_rate(model)
+        self.points.append((state.global_step, rates["all"], rates["one_hop"], rates["two_hop"]))
+        if state.global_step >= self.min_steps and rates["all"] >= self.threshold:
+            self.reached = True
+            control.should_training_stop = True
+
+
 class _EvalCurve(TrainerCallback):
-    """A trainer callback that evaluates held-out EM every `every` steps (greedy, on `limit` questions)."""
+    """Evaluates held-out EM and searches per question type every `every` RL steps (greedy, `limit` per type)."""
 
     def __init__(self, pipeline: DemoPipeline, retriever, every: int, limit: int):
         self.pipeline, self.retriever, self.every, self.limit = pipeline, retriever, every, limit
-        self.points: list[tuple[int, float, float]] = []  # (step, em, searches per question)
+        self.points: list[dict] = []
 
     def _measure(self, step, model):
         metrics = self.pipeline.evaluate(model, self.retriever, limit=self.limit)
-        self.points.append((step, metrics["em"], metrics["searches_per_question"]))
+        point = {"step": step}
+        for kind, values in metrics.items():
+            point[f"em_{kind}"] = values["em"]
+            point[f"searches_{kind}"] = values["searches_per_question"]
+        self.points.append(point)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._measure(0, model)
@@ -509,26 +692,31 @@ class _EvalCurve(TrainerCallback):
             self._measure(state.global_step, model)
 
 
-def _summary(metrics: dict) -> dict:
-    keys = ("em", "f1", "searches_per_question", "answer_retrieved", "answered", "invalid_action_rate")
-    return {key: metrics.get(key) for key in keys}
+def _greedy(model):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
+    )
 
 
-def _mean_over_seeds(finals: list[dict]) -> dict:
-    import statistics
+_SUMMARY_KEYS = ("em", "f1", "searches_per_question", "answer_retrieved", "answered", "invalid_action_rate")
 
-    out = {}
-    for key in finals[0]:
-        values = [final[key] for final in finals if final[key] is not None]
-        out[key] = statistics.fmean(values) if values else None
-        if len(values) > 1:
-            out[f"{key}_std"] = statistics.stdev(values)
-    out["per_seed"] = finals
+
+def _by_type(datasets: dict) -> dict:
+    """Metrics per question type, and over all questions weighted by their number."""
+    out = {kind: {key: datasets[kind].get(key) for key in _SUMMARY_KEYS} for kind in QUESTION_TYPES}
+    counts = {kind: datasets[kind]["num_questions"] for kind in QUESTION_TYPES}
+    total = sum(counts.values())
+    out["all"] = {}
+    for key in _SUMMARY_KEYS:
+        values = [(out[kind][key], counts[kind]) for kind in QUESTION_TYPES if out[kind][key] is not None]
+        out["all"][key] = sum(value * count for value, count in values) / total if values else None
+    for kind in QUESTION_TYPES:
+        out[kind]["num_questions"] = counts[kind]
     return out
-
-
-def _curves(out: dict) -> dict:
-    return {key: out[key] for key in ("reward", "searches_per_sample", "answer_retrieved", "heldout_em")}
 
 
 def _jsonable(value):
@@ -537,12 +725,52 @@ def _jsonable(value):
     )
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Runs the whole demo (see the module docstring) and returns its results.
+# --- Several seeds -------------------------------------------------------------------------------------------------
+
+
+def _run_one_seed(config: DemoConfig) -> dict:
+    return DemoPipeline(config).run()
+
+
+def run_demo(config: DemoConfig, command: str | None = None, display=None) -> dict:
+    """Runs the whole demo (see the module docstring) and returns its results. With `config.seeds > 1`, every seed
+    runs in `<output_dir>/seed<n>` and the top-level results hold the mean, min and max over seeds.
 
     Example:
         >>> results = run_demo(DemoConfig.toy(output_dir="/tmp/demo-toy"))  # doctest: +SKIP
         >>> sorted(results["stages"])  # doctest: +SKIP
         ['rl_no_mask', 'rl_no_retrieval', 'rl_search', 'warm_start', 'warm_start_no_retrieval']
     """
-    return DemoPipeline(config).run()
+    from .demo_report import Display, aggregate_seeds, write_report
+
+    if config.seeds == 1:
+        pipeline = DemoPipeline(config, display)
+        pipeline.results["command"] = command
+        return pipeline.run()
+    import multiprocessing
+
+    display = display or Display(enabled=config.progress)
+    seeds = [config.seed + offset for offset in range(config.seeds)]
+    configs = [
+        replace(
+            config,
+            seed=seed,
+            seeds=1,
+            workers=1,
+            progress=False,
+            output_dir=os.path.join(config.output_dir, f"seed{seed}"),
+        )
+        for seed in seeds
+    ]
+    start = time.perf_counter()
+    per_seed = {}
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
+    with display.status(f"running seeds {seeds[0]}..{seeds[-1]} in {config.workers} process(es)"):
+        with context.Pool(min(config.workers, len(seeds)), maxtasksperchild=1) as pool:
+            for seed_config, result in zip(configs, pool.imap(_run_one_seed, configs)):
+                per_seed[seed_config.seed] = result
+                display.seed_done(seed_config.seed, result)
+    results = aggregate_seeds(config, per_seed, time.perf_counter() - start)
+    results["command"] = command
+    write_report(results, config.output_dir)
+    return results

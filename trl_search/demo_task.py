@@ -1,15 +1,22 @@
-"""The learning demo's task: a seeded world of invented lands, an encyclopedia about them, and questions.
+"""The learning demo's task: a seeded world of invented lands, an encyclopedia about them, questions, and a teacher.
 
-Every land has four attributes (capital, river, founder, highest mountain) whose values are invented names used
-nowhere else, so an answer cannot be guessed: it has to be found by searching for the land and copied from its
-passage. The corpus also holds distractor passages that repeat the questions' wording ("What is the capital of ...")
-without naming any land, so a lazy query made of the question's words retrieves them instead of the answer.
+Every land has four attributes (capital, river, founder, highest mountain) whose values are invented two-word names
+used nowhere else, so an answer cannot be guessed: it has to be found by searching and copied from a passage. Each
+fact is one short passage, `The capital of <land> is <value>.`, titled with the land's name. Distractor passages
+repeat the questions' wording without naming any land, so a lazy query (the attribute alone) retrieves no answer.
 
-Train and held-out questions are about disjoint lands. `demonstration` writes the trajectories of an imperfect
-teacher (searching well, searching with a lazy query, or guessing without searching) for the supervised warm start.
+Questions come in two types:
+- one-hop, `What is the capital of Vor Lak?`: search `capital Vor Lak`, copy the answer;
+- two-hop, `Who founded the land whose river is Zum Bro?`: search `river Zum Bro`, read the land's name from that
+  passage, search `founder <land>`, copy the answer. The second search depends on the first one's result.
+
+Train, validation and held-out questions are about disjoint lands. `TeacherGenerator` plays an imperfect teacher
+inside the real rollout (it reads the observations the rollout injects), so its demonstrations are tokenised exactly
+as the policy's own trajectories are: it searches well for capitals and rivers, badly for founders and mountains,
+and on two-hop questions it often stops after one search and answers the land's name.
 
 Example:
-    >>> world = make_world(seed=0, num_train_lands=8, num_test_lands=4)
+    >>> world = make_world(seed=0, num_train_lands=8, num_dev_lands=2, num_test_lands=4)
     >>> question = world.test_questions[0]
     >>> question["golden_answers"][0] in world.passage_of(question["land"], question["attribute"])["contents"]
     True
@@ -19,38 +26,47 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .demo_world import _NameMaker
 
 
+ONE_HOP, TWO_HOP = "one_hop", "two_hop"
+QUESTION_TYPES = (ONE_HOP, TWO_HOP)
+
+
 @dataclass(frozen=True)
 class Attribute:
-    """One kind of fact about a land: how the question asks for it, how the passage states it, and the lazy query
-    a careless searcher would send (the question's wording without the land's name)."""
+    """One kind of fact about a land: how a question asks for it, how its passage states it, and the noun that a
+    query names it by (a lazy searcher sends the noun alone)."""
 
     name: str
-    question: str  # with {land}
-    sentence: str  # with {land} and {value}, the value last
-    lazy_query: str
+    question: str  # with {land}: a land's name, or "the land whose <noun> is <value>" in a two-hop question
+    sentence: str  # with {land} and {value}; every sentence ends "... of {land} is {value}."
+    noun: str
 
-    def good_query(self, land: str) -> str:
-        """The query of a careful searcher: the attribute and the land's name."""
-        return f"{self.lazy_query} {land}"
+    def query(self, subject: str) -> str:
+        """The query of a careful searcher: the noun and the land's name (or the known value, for the first hop).
+
+        Example:
+            >>> ATTRIBUTES[0].query("Vor Lak")
+            'capital Vor Lak'
+        """
+        return f"{self.noun} {subject}"
 
 
 ATTRIBUTES = (
     Attribute("capital", "What is the capital of {land}?", "The capital of {land} is {value}.", "capital"),
-    Attribute(
-        "river", "Which river flows through {land}?", "The river that flows through {land} is {value}.", "river"
-    ),
-    Attribute("founder", "Who founded {land}?", "{land} was founded by {value}.", "founded"),
+    Attribute("river", "Which river flows through {land}?", "The river of {land} is {value}.", "river"),
+    Attribute("founder", "Who founded {land}?", "The founder of {land} is {value}.", "founder"),
     Attribute(
         "mountain", "What is the highest mountain of {land}?", "The highest mountain of {land} is {value}.", "mountain"
     ),
 )
+ATTRIBUTE = {attribute.name: attribute for attribute in ATTRIBUTES}
 
-# Distractors: the questions' own words, many times over, and never a land's name or an answer.
+# Distractors: the questions' and queries' own words, many times over, and never a land's name or an answer.
 _DISTRACTOR_TEXTS = {
     "capital": [
         "What is the capital of a land? The capital is the town where its council meets, and every capital keeps "
@@ -63,8 +79,7 @@ _DISTRACTOR_TEXTS = {
         "Rivers flow through the plains in spring. Boatmen know which river flows through which valley.",
     ],
     "founder": [
-        "Who founded the lands? Old songs say that each land was founded by a wanderer, and the founder was buried "
-        "by the gate.",
+        "Who founded the lands? Old songs say that each land had a founder, and the founder was buried by the gate.",
         "The founded lands keep a list of who founded them; a founder is honoured each year.",
     ],
     "mountain": [
@@ -75,7 +90,10 @@ _DISTRACTOR_TEXTS = {
 }
 
 LAND_WORDS, NAME_WORDS = 30, 60  # word pools of land names and of answers (disjoint)
+TWO_HOP_PER_LAND = 2
 PROMPT_TEMPLATE = "Question: {question}\n"
+_NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
+_FACT = re.compile(rf"of ({_NAME}) is ({_NAME})\.")  # what a reader finds in a passage: (land, value)
 
 
 @dataclass
@@ -86,48 +104,48 @@ class Land:
 
 @dataclass
 class World:
-    """The generated world: lands split into train and held-out, the corpus rows and the question rows.
+    """The generated world: lands split into train, validation (dev) and held-out (test), the corpus and questions.
 
-    Question rows are FlashRAG-style (`id`, `question`, `golden_answers`) plus `land` and `attribute`.
+    Question rows are FlashRAG-style (`id`, `question`, `golden_answers`) plus `type` (`one_hop` or `two_hop`), `land`
+    and `attribute` (what is asked), and for two-hop questions `bridge` (the attribute the question names the land by)
+    and `bridge_value`.
     """
 
     seed: int
     train_lands: list[Land]
+    dev_lands: list[Land]
     test_lands: list[Land]
     corpus: list[dict]
     train_questions: list[dict]
+    dev_questions: list[dict]
     test_questions: list[dict]
     answer_pool: list[str] = field(default_factory=list)  # train answers, what a guessing teacher picks from
+
+    @property
+    def lands(self) -> list[Land]:
+        return self.train_lands + self.dev_lands + self.test_lands
 
     def passage_of(self, land: str, attribute: str) -> dict:
         """The corpus row that states `attribute` of `land`.
 
         Example:
-            >>> world = make_world(seed=0, num_train_lands=2, num_test_lands=1)
+            >>> world = make_world(seed=0, num_train_lands=2, num_dev_lands=1, num_test_lands=1)
             >>> land = world.train_lands[0]
             >>> world.passage_of(land.name, "river")["contents"].endswith(land.values["river"] + ".")
             True
         """
-        sentence = next(a.sentence for a in ATTRIBUTES if a.name == attribute)
-        land_row = next(item for item in self.train_lands + self.test_lands if item.name == land)
-        contents = f'"{land}"\n' + sentence.format(land=land, value=land_row.values[attribute])
+        values = next(item for item in self.lands if item.name == land).values
+        contents = _passage(land, ATTRIBUTE[attribute], values[attribute])
         return next(row for row in self.corpus if row["contents"] == contents)
 
-    def texts(self) -> list[str]:
-        """All of the world's text (corpus, questions, prompts), to train a tokenizer on."""
-        questions = self.train_questions + self.test_questions
-        return [row["contents"] for row in self.corpus] + [make_prompt(row["question"]) for row in questions]
+
+def _passage(land: str, attribute: Attribute, value: str) -> str:
+    # The title line is the bare name (no quotes, unlike wiki-18's): the name then tokenises the same in the title as
+    # in questions, queries and sentences, and every passage gives the warm start practice at copying names.
+    return f"{land}\n" + attribute.sentence.format(land=land, value=value)
 
 
-def _land_passages(land: Land) -> list[str]:
-    """One short passage per fact, titled with the land's name; the value ends the passage."""
-    return [
-        f'"{land.name}"\n' + attribute.sentence.format(land=land.name, value=land.values[attribute.name])
-        for attribute in ATTRIBUTES
-    ]
-
-
-def _questions(lands: list[Land], split: str) -> list[dict]:
+def _questions(lands: list[Land], split: str, rng: random.Random) -> list[dict]:
     rows = []
     for land in lands:
         for attribute in ATTRIBUTES:
@@ -136,8 +154,26 @@ def _questions(lands: list[Land], split: str) -> list[dict]:
                     "id": f"{split}_{len(rows)}",
                     "question": attribute.question.format(land=land.name),
                     "golden_answers": [land.values[attribute.name]],
+                    "type": ONE_HOP,
                     "land": land.name,
                     "attribute": attribute.name,
+                    "bridge": None,
+                    "bridge_value": None,
+                }
+            )
+        pairs = [(bridge, target) for bridge in ATTRIBUTES for target in ATTRIBUTES if bridge is not target]
+        for bridge, target in rng.sample(pairs, TWO_HOP_PER_LAND):
+            value = land.values[bridge.name]
+            rows.append(
+                {
+                    "id": f"{split}_{len(rows)}",
+                    "question": target.question.format(land=f"the land whose {bridge.noun} is {value}"),
+                    "golden_answers": [land.values[target.name]],
+                    "type": TWO_HOP,
+                    "land": land.name,
+                    "attribute": target.name,
+                    "bridge": bridge.name,
+                    "bridge_value": value,
                 }
             )
     return rows
@@ -145,7 +181,7 @@ def _questions(lands: list[Land], split: str) -> list[dict]:
 
 def _unique_pairs(pool: list[str], count: int, rng: random.Random) -> list[str]:
     if count > len(pool) * (len(pool) - 1) // 2:
-        raise ValueError(f"Cannot make {count} distinct names from {len(pool)} words.")
+        raise ValueError(f"Cannot make {count} distinct names from {len(pool)} words; use fewer lands.")
     pairs: dict[frozenset, str] = {}  # "Vor Lak" and "Lak Vor" would be the same query to BM25: keep one
     while len(pairs) < count:
         first, second = rng.sample(pool, 2)
@@ -153,38 +189,47 @@ def _unique_pairs(pool: list[str], count: int, rng: random.Random) -> list[str]:
     return list(pairs.values())
 
 
-def make_world(seed: int = 0, num_train_lands: int = 150, num_test_lands: int = 40) -> World:
-    """Generates the world (deterministic for a seed): lands, corpus (one passage per land plus distractors) and
-    questions (one per land and attribute), train and held-out about disjoint lands.
+def make_world(seed: int = 0, num_train_lands: int = 150, num_dev_lands: int = 20, num_test_lands: int = 40) -> World:
+    """Generates the world (deterministic for a seed): lands, corpus (one passage per fact plus distractors) and
+    questions (one one-hop question per land and attribute, two two-hop questions per land).
 
     Example:
-        >>> world = make_world(seed=1, num_train_lands=10, num_test_lands=5)
+        >>> world = make_world(seed=1, num_train_lands=10, num_dev_lands=2, num_test_lands=5)
         >>> len(world.train_questions), len(world.test_questions)
-        (40, 20)
-        >>> world.train_questions[0]["question"].endswith("?")
-        True
+        (60, 30)
+        >>> sorted({row["type"] for row in world.test_questions})
+        ['one_hop', 'two_hop']
     """
+    if min(num_train_lands, num_dev_lands, num_test_lands) < 1:
+        raise ValueError("make_world needs at least one train, one dev and one test land.")
     rng = random.Random(seed)
     words = _NameMaker(rng)
+    num_lands = num_train_lands + num_dev_lands + num_test_lands
     # Names are two invented words. Every word recurs across many lands (train and held-out alike), so a tiny model
     # meets every token in training, while each full name stays unique: an answer is still unguessable.
-    land_names = _unique_pairs([words.word(1) for _ in range(LAND_WORDS)], num_train_lands + num_test_lands, rng)
-    values = _unique_pairs([words.word(1) for _ in range(NAME_WORDS)], len(land_names) * len(ATTRIBUTES), rng)
+    land_names = _unique_pairs([words.word(1) for _ in range(LAND_WORDS)], num_lands, rng)
+    values = _unique_pairs([words.word(1) for _ in range(NAME_WORDS)], num_lands * len(ATTRIBUTES), rng)
     lands = [Land(name, {attribute.name: values.pop() for attribute in ATTRIBUTES}) for name in land_names]
-    train_lands, test_lands = lands[:num_train_lands], lands[num_train_lands:]
-    passages = [passage for land in lands for passage in _land_passages(land)]
-    passages += [f'"{name.capitalize()}"\n{text}' for name, texts in _DISTRACTOR_TEXTS.items() for text in texts]
+    train_lands = lands[:num_train_lands]
+    dev_lands = lands[num_train_lands : num_train_lands + num_dev_lands]
+    test_lands = lands[num_train_lands + num_dev_lands :]
+    passages = [
+        _passage(land.name, attribute, land.values[attribute.name]) for land in lands for attribute in ATTRIBUTES
+    ]
+    passages += [f"{name.capitalize()}\n{text}" for name, texts in _DISTRACTOR_TEXTS.items() for text in texts]
     rng.shuffle(passages)
     corpus = [{"id": str(index), "contents": contents} for index, contents in enumerate(passages)]
-    train_questions = _questions(train_lands, "train")
+    train_questions = _questions(train_lands, "train", rng)
     rng.shuffle(train_questions)
     return World(
         seed=seed,
         train_lands=train_lands,
+        dev_lands=dev_lands,
         test_lands=test_lands,
         corpus=corpus,
         train_questions=train_questions,
-        test_questions=_questions(test_lands, "test"),
+        dev_questions=_questions(dev_lands, "dev", rng),
+        test_questions=_questions(test_lands, "test", rng),
         answer_pool=sorted({value for land in train_lands for value in land.values.values()}),
     )
 
@@ -199,94 +244,164 @@ def make_prompt(question: str) -> str:
     return PROMPT_TEMPLATE.replace("{question}", question)
 
 
+def read_fact(observation: str) -> tuple[str, str] | None:
+    """What a reader takes from an observation: `(land, value)` of the first fact it states, or None.
+
+    Example:
+        >>> read_fact('Doc 1(Title: "Vor Lak") The capital of Vor Lak is Zum Bro.')
+        ('Vor Lak', 'Zum Bro')
+    """
+    match = _FACT.search(observation)
+    return (match.group(1), match.group(2)) if match else None
+
+
 # --- The imperfect teacher -----------------------------------------------------------------------------------------
+
+# What the teacher does on a question:
+# - one-hop: "good" (search noun + land, answer what it reads), "lazy" (search the noun alone) or "guess" (answer
+#   without searching); after a lazy search it answers what it reads, which is nothing, so it guesses.
+# - two-hop: "chain" (both searches), "shortcut" (the first search, then answers the land's name it read) or "guess".
+BEHAVIOURS = {ONE_HOP: ("good", "lazy", "guess"), TWO_HOP: ("chain", "shortcut", "guess")}
 
 
 @dataclass(frozen=True)
 class TeacherSkill:
-    """How often the teacher searches for the land itself, per attribute; otherwise it searches with the lazy query
-    (with probability `lazy_share` of the rest) or guesses an answer without searching.
+    """How often the teacher behaves well. One-hop: `good_search[attribute]` of the time it searches for the land,
+    otherwise a lazy query (`lazy_share` of the rest) or a guess. Two-hop: `chain` of the time it runs both searches,
+    `shortcut` of the time it stops after the first one and answers the land's name, otherwise it guesses.
 
-    The default is good at capitals and rivers and poor at founders and mountains, so that the warm-started policy is
-    right on about half of the questions and RL has something to learn.
+    The default is good at capitals and rivers, poor at founders and mountains and usually stops after one search, so
+    that the warm-started policy is right on about half of the one-hop questions and few two-hop ones.
+
+    Example:
+        >>> TeacherSkill.perfect().chain
+        1.0
     """
 
     good_search: dict[str, float] = field(
         default_factory=lambda: {"capital": 0.9, "river": 0.9, "founder": 0.25, "mountain": 0.25}
     )
     lazy_share: float = 0.6
+    chain: float = 0.3
+    shortcut: float = 0.55
+
+    def __post_init__(self):
+        probabilities = [*self.good_search.values(), self.lazy_share, self.chain, self.shortcut]
+        if not all(0.0 <= value <= 1.0 for value in probabilities) or self.chain + self.shortcut > 1.0:
+            raise ValueError("TeacherSkill probabilities must lie in [0, 1], with chain + shortcut <= 1.")
+
+    @classmethod
+    def perfect(cls) -> TeacherSkill:
+        """A teacher that always searches well (for the validation probe of copying)."""
+        return cls(good_search={attribute.name: 1.0 for attribute in ATTRIBUTES}, chain=1.0, shortcut=0.0)
+
+    def draw(self, question: dict, rng: random.Random) -> str:
+        """Draws the teacher's behaviour on `question` (one of `BEHAVIOURS[question["type"]]`)."""
+        draw = rng.random()
+        if question["type"] == TWO_HOP:
+            return "chain" if draw < self.chain else "shortcut" if draw < self.chain + self.shortcut else "guess"
+        good = self.good_search.get(question["attribute"], 0.0)
+        if draw < good:
+            return "good"
+        return "lazy" if draw < good + (1 - good) * self.lazy_share else "guess"
 
 
-@dataclass
-class Demonstration:
-    """One teacher trajectory as segments `(kind, text)`: `"policy"` text is what the model writes, `"observation"`
-    text is the body of an `<information>` block (the rendered passages), injected by the rollout."""
+@dataclass(frozen=True)
+class Plan:
+    """The teacher's plan for one question: its behaviour and the answer it guesses when it has read nothing."""
 
     question: dict
-    kind: str  # good | lazy | guess
-    segments: list[tuple[str, str]]
+    behaviour: str
+    guess: str
 
 
-def teacher_action(question: dict, skill: TeacherSkill, rng: random.Random) -> tuple[str, str | None]:
-    """Draws what the teacher does: (`"good"`, good query), (`"lazy"`, lazy query) or (`"guess"`, None).
-
-    Example:
-        >>> q = {"land": "Vor Lak", "attribute": "capital"}
-        >>> teacher_action(q, TeacherSkill(good_search={"capital": 1.0}), random.Random(0))
-        ('good', 'capital Vor Lak')
-    """
-    draw = rng.random()
-    good = skill.good_search.get(question["attribute"], 0.0)
-    attribute = next(a for a in ATTRIBUTES if a.name == question["attribute"])
-    if draw < good:
-        return "good", attribute.good_query(question["land"])
-    if draw < good + (1 - good) * skill.lazy_share:
-        return "lazy", attribute.lazy_query
-    return "guess", None
-
-
-def read_answer(passages: list, attribute: str) -> str | None:
-    """What a reader copies from retrieved passages: the value in the first passage that states `attribute`.
+def make_plans(questions: Sequence[dict], skill: TeacherSkill, answer_pool: Sequence[str], seed: int) -> list[Plan]:
+    """Draws a plan per question (deterministic for a seed).
 
     Example:
-        >>> from trl_search.retrievers import Passage
-        >>> read_answer([Passage("0", "Vor Lak", "The capital of Vor Lak is Zum Bro.")], "capital")
-        'Zum Bro'
-    """
-    sentence = next(a.sentence for a in ATTRIBUTES if a.name == attribute)
-    pattern = re.escape(sentence).replace(re.escape("{land}"), ".+?").replace(re.escape("{value}"), "(.+)")
-    for passage in passages:
-        match = re.fullmatch(pattern, passage.text)
-        if match:
-            return match.group(1)
-    return None
-
-
-def demonstration(
-    question: dict, retriever, render_passages, skill: TeacherSkill, answer_pool: list[str], rng, top_k: int = 3
-) -> Demonstration:
-    """Writes one teacher trajectory in the tags protocol, with the real retriever's passages as the observation.
-
-    `render_passages(passages) -> str` must render the observation body as the rollout does.
-
-    Example:
-        >>> world = make_world(seed=0, num_train_lands=4, num_test_lands=1)
-        >>> from trl_search.retrievers import BM25Retriever
-        >>> from trl_search.protocols import TagsProtocol
-        >>> retriever = BM25Retriever.build(world.corpus, backend="numpy")
-        >>> demo = demonstration(world.train_questions[0], retriever, TagsProtocol().render_passages,
-        ...                      TeacherSkill(good_search={}), world.answer_pool, random.Random(0))
-        >>> demo.kind in ("lazy", "guess")
+        >>> world = make_world(seed=0, num_train_lands=4, num_dev_lands=1, num_test_lands=1)
+        >>> plans = make_plans(world.train_questions, TeacherSkill(), world.answer_pool, seed=0)
+        >>> {plan.behaviour for plan in plans} <= {"good", "lazy", "guess", "chain", "shortcut"}
         True
     """
-    kind, query = teacher_action(question, skill, rng)
-    if kind == "guess":
-        return Demonstration(question, kind, [("policy", f"<answer> {rng.choice(answer_pool)} </answer>")])
-    passages = retriever.search([query], k=top_k)[0]
-    answer = read_answer(passages, question["attribute"]) or rng.choice(answer_pool)
-    segments = [
-        ("policy", f"<search> {query} </search>"),
-        ("observation", render_passages(passages)),
-        ("policy", f"<answer> {answer} </answer>"),
-    ]
-    return Demonstration(question, kind, segments)
+    rng = random.Random(seed)
+    return [Plan(question, skill.draw(question, rng), rng.choice(list(answer_pool))) for question in questions]
+
+
+def teacher_turn(plan: Plan, observations: Sequence[str]) -> str:
+    """The teacher's next turn, given the observation bodies it has read so far in this trajectory.
+
+    Example:
+        >>> question = {"type": "two_hop", "attribute": "capital", "bridge": "river", "bridge_value": "Zum Bro",
+        ...             "land": "Vor Lak"}
+        >>> plan = Plan(question, "chain", "Ka Lo")
+        >>> teacher_turn(plan, [])
+        '<search> river Zum Bro </search>'
+        >>> teacher_turn(plan, ['Doc 1(Title: "Vor Lak") The river of Vor Lak is Zum Bro.'])
+        '<search> capital Vor Lak </search>'
+    """
+    question, behaviour = plan.question, plan.behaviour
+    target = ATTRIBUTE[question["attribute"]]
+    read = read_fact(observations[-1]) if observations else None
+    if behaviour == "guess":
+        return f"<answer> {plan.guess} </answer>"
+    if question["type"] == ONE_HOP:
+        if not observations:
+            query = target.query(question["land"]) if behaviour == "good" else target.noun
+            return f"<search> {query} </search>"
+        return f"<answer> {read[1] if read else plan.guess} </answer>"
+    if not observations:
+        return f"<search> {ATTRIBUTE[question['bridge']].query(question['bridge_value'])} </search>"
+    if behaviour == "shortcut" or len(observations) > 1 or read is None:
+        answer = read[0] if behaviour == "shortcut" and read else read[1] if read else plan.guess
+        return f"<answer> {answer} </answer>"
+    return f"<search> {target.query(read[0])} </search>"
+
+
+class TeacherGenerator:
+    """A `TurnGenerator` that writes the teacher's turns inside the real `SearchRollout`, reading the observations the
+    rollout injected, so that demonstrations are tokenised exactly as the policy's own trajectories.
+
+    With `answerer` (another `TurnGenerator`, e.g. the model's), the teacher runs the searches and the answerer writes
+    every answer turn: the probe of how well a model copies the answer from what it retrieved.
+
+    Example:
+        >>> rollout = SearchRollout(retriever, tokenizer, max_turns=2)  # doctest: +SKIP
+        >>> teacher = TeacherGenerator(tokenizer, plans)  # doctest: +SKIP
+        >>> output = rollout.run(tokenize_prompts([make_prompt(p.question["question"]) for p in plans], tokenizer),
+        ...                      teacher)  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer, plans: Sequence[Plan], protocol=None, answerer=None):
+        from .protocols import get_protocol
+
+        self.tokenizer = tokenizer
+        self.protocol = protocol or get_protocol("tags")
+        self.plans = {make_prompt(plan.question["question"]): plan for plan in plans}
+        if len(self.plans) != len(plans):
+            raise ValueError("TeacherGenerator needs one plan per distinct question.")
+        self.answerer = answerer
+        self.eos_token_ids = [tokenizer.eos_token_id]
+
+    def _observations(self, completion: str) -> list[str]:
+        opening, closing = self.protocol.observation_open.strip(), self.protocol.observation_close.strip()
+        return re.findall(re.escape(opening) + "(.*?)" + re.escape(closing), completion, re.DOTALL)
+
+    def generate(self, contexts, max_new_tokens, stop_strings):
+        from .generation import GeneratedTurn
+
+        turns, to_answer = [], []
+        for index, context in enumerate(contexts):
+            text = self.tokenizer.decode(context, skip_special_tokens=True)
+            prompt_end = text.index("\n") + 1
+            turn = teacher_turn(self.plans[text[:prompt_end]], self._observations(text[prompt_end:]))
+            if self.answerer is not None and turn.startswith("<answer>"):
+                to_answer.append(index)
+            turns.append(GeneratedTurn(self.tokenizer(turn, add_special_tokens=False)["input_ids"], stopped=True))
+        if to_answer:
+            answers = self.answerer.generate(
+                [contexts[index] for index in to_answer], [max_new_tokens[index] for index in to_answer], stop_strings
+            )
+            for index, answer in zip(to_answer, answers):
+                turns[index] = answer
+        return turns
