@@ -65,6 +65,28 @@ class RolloutOutput:
     queries_sent: int = 0  # unique queries sent to the retriever, over all calls
     turns: int = 0
 
+    def statistic_sums(self) -> dict[str, float]:
+        """Per-batch sums of what the rollout did, by name: the trainer's `search/*` metrics (summed over ranks) and
+        the evaluation's summary are ratios of these.
+
+        Example:
+            >>> sample = SampleTrajectory(prompt_ids=[1], completion_ids=[5, 6], env_mask=[1, 0])
+            >>> RolloutOutput(samples=[sample]).statistic_sums()["injected_tokens"]
+            1.0
+        """
+        samples = self.samples
+        return {
+            "samples": float(len(samples)),
+            "searches": float(sum(sample.num_searches for sample in samples)),
+            "invalid_actions": float(sum(sample.num_invalid for sample in samples)),
+            "turns": float(sum(sample.num_turns for sample in samples)),
+            "answered": float(sum(sample.answered for sample in samples)),
+            "injected_tokens": float(sum(len(sample.env_mask) - sum(sample.env_mask) for sample in samples)),
+            "completion_tokens": float(sum(len(sample.env_mask) for sample in samples)),
+            "answer_in_retrieval": float(sum(bool(sample.answer_in_retrieval) for sample in samples)),
+            "with_golden_answers": float(sum(sample.answer_in_retrieval is not None for sample in samples)),
+        }
+
 
 @dataclass(frozen=True)
 class RolloutSettings:

@@ -279,31 +279,18 @@ class SearchGRPOTrainer(GRPOTrainer):
         return bool(flags.sum().item() > 0)
 
     def _log_rollout_metrics(self, output: RolloutOutput, mode: str) -> None:
-        samples = output.samples
         device = self.accelerator.device
-        per_sample = torch.tensor(
-            [
-                [
-                    sample.num_searches,
-                    sample.num_invalid,
-                    sample.num_turns,
-                    float(sample.answered),
-                    len(sample.env_mask) - sum(sample.env_mask),
-                    len(sample.env_mask),
-                    float(bool(sample.answer_in_retrieval)),
-                    float(sample.answer_in_retrieval is not None),
-                ]
-                for sample in samples
-            ],
-            dtype=torch.float32,
-            device=device,
-        ).reshape(-1, 8)
-        totals = self.accelerator.gather(per_sample).sum(dim=0)
+        sums = output.statistic_sums()  # one vocabulary, shared with evaluation (see RolloutOutput.statistic_sums)
+        names = list(sums)
+        totals = dict(zip(names, self.accelerator.gather(torch.tensor([list(sums.values())], device=device)).sum(0)))
+        totals = {name: value.item() for name, value in totals.items()}
         per_rank = self.accelerator.gather(
             torch.tensor([[output.retriever_seconds, output.retriever_calls]], dtype=torch.float32, device=device)
         )
-        count = max(self.accelerator.gather(torch.tensor([len(samples)], device=device)).sum().item(), 1)
-        searches, invalid, turns, answered, masked, total, in_retrieval, with_gold = totals.tolist()
+        count = max(totals["samples"], 1)
+        searches, invalid, turns = totals["searches"], totals["invalid_actions"], totals["turns"]
+        answered, masked, total = totals["answered"], totals["injected_tokens"], totals["completion_tokens"]
+        in_retrieval, with_gold = totals["answer_in_retrieval"], totals["with_golden_answers"]
         metrics = trainer_metrics(self, mode)
         metrics["search/searches_per_sample"].append(searches / count)
         metrics["search/invalid_action_rate"].append(invalid / max(turns, 1))
