@@ -7,7 +7,8 @@ requests into batches.
     python benchmarks/bench_server.py                               # 100k passages
     python benchmarks/bench_server.py --passages 200000 --workers 1 2
 
-Direct: `retriever.search` called in this process on the same queries, one request's worth at a time. Server:
+Direct: `retriever.search` called in this process on the same queries, one request's worth at a time, in runs
+that alternate with the server's (best of `--repeats` each), so that both see the same background load. Server:
 `trl-search serve` in its own process; the load comes from wrk (C, one thread, a Lua script cycling through the
 pre-encoded request bodies) when installed, else from one asyncio process sending pre-encoded raw HTTP/1.1 requests
 over keep-alive connections, so the load generator costs little CPU next to the server. Both run on the same machine, so on a small box the client still takes some of the server's CPU: the
@@ -145,28 +146,22 @@ def main():
     queries = generate_queries(corpus, args.queries)
     BM25Retriever.build(corpus).save(os.path.join(workdir, "index"))
     retriever = BM25Retriever.load(os.path.join(workdir, "index"), n_threads=args.threads)
+    load_before = os.getloadavg()
     print(
         f"{args.passages:,} passages, {len(queries):,} queries per run, k=3, {os.cpu_count()} CPUs, "
         f"at most {args.connections} client connections, best of {args.repeats}"
     )
 
-    direct, direct_cpu = {}, {}
-    retriever.search(queries[:64], k=3)
-    for size in args.sizes:
-        best = 0.0
-        for _ in range(args.repeats):
-            started, cpu = time.perf_counter(), time.process_time()
-            for start in range(0, len(queries), size):
-                retriever.search(queries[start : start + size], k=3)
-            qps = len(queries) / (time.perf_counter() - started)
-            if qps > best:
-                best, direct_cpu[size] = qps, (time.process_time() - cpu) / len(queries)
-        direct[size] = best
-    del retriever
+    def measure_direct(size: int) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(queries), size):
+            retriever.search(queries[start : start + size], k=3)
+        return len(queries) / (time.perf_counter() - started), (time.process_time() - cpu) / len(queries)
 
     import psutil
     import requests as http
 
+    retriever.search(queries[:64], k=3)
     rows = []
     for workers in args.workers:
         with socket.socket() as sock:
@@ -189,8 +184,10 @@ def main():
                 connections = max(2, min(args.connections, 2048 // size))
                 requests = encode_requests(queries, size, "127.0.0.1")
                 run_load("127.0.0.1", port, requests[: connections * 2], connections)  # warm up
-                best, cpu_per_query = 0.0, 0.0
+                direct, server_best = (0.0, 0.0), (0.0, 0.0)
+                # Direct and server runs alternate, so that both see the same background load; best of each.
                 for _ in range(args.repeats):
+                    direct = max(direct, measure_direct(size))
                     cpu = sum(sum(p.cpu_times()[:2]) for p in processes)
                     if args.load == "wrk":
                         qps = run_wrk(port, queries, size, connections, args.seconds, workdir)
@@ -198,29 +195,28 @@ def main():
                     else:
                         qps = len(queries) / run_load("127.0.0.1", port, requests, connections)
                         served = len(queries)
-                    if qps > best:
-                        best = qps
-                        cpu_per_query = (sum(sum(p.cpu_times()[:2]) for p in processes) - cpu) / served
-                rows.append((workers, size, best, cpu_per_query))
-                print(f"  workers={workers} size={size}: {best:,.0f} q/s", flush=True)
+                    server_cpu = (sum(sum(p.cpu_times()[:2]) for p in processes) - cpu) / served
+                    server_best = max(server_best, (qps, server_cpu))
+                rows.append((workers, size, connections, *direct, *server_best))
+                print(f"  workers={workers} size={size}: direct {direct[0]:,.0f} server {server_best[0]:,.0f} q/s")
         finally:
             for child in psutil.Process(server.pid).children(recursive=True):
                 child.kill()
             server.kill()
             server.wait()
 
-    print(f"\nload generator: {args.load}")
+    print(f"\nload generator: {args.load}; load average before/after: {load_before} / {os.getloadavg()}")
     print(
-        "| queries/request | server workers | direct q/s | server q/s | server / direct "
+        "| queries/request | server workers | connections | direct q/s | server q/s | server / direct "
         "| CPU µs/query direct | CPU µs/query server |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for workers, size, qps, cpu in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for workers, size, connections, direct_qps, direct_cpu, server_qps, server_cpu in rows:
         print(
-            f"| {size} | {workers} | {direct[size]:,.0f} | {qps:,.0f} | {qps / direct[size]:.2f}x "
-            f"| {direct_cpu[size] * 1e6:,.0f} | {cpu * 1e6:,.0f} |"
+            f"| {size} | {workers} | {connections} | {direct_qps:,.0f} | {server_qps:,.0f} "
+            f"| {server_qps / direct_qps:.2f}x | {direct_cpu * 1e6:,.0f} | {server_cpu * 1e6:,.0f} |"
         )
-    print(json.dumps({"direct": direct, "server": [list(row) for row in rows]}))
+    print(json.dumps({"rows": rows}))
 
 
 if __name__ == "__main__":
