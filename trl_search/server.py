@@ -815,7 +815,8 @@ class RetrievalServer:
             fragments[index] = b""
         await send({"type": "http.response.body", "body": b"]}"})
         del fragments
-        await asyncio.get_running_loop().run_in_executor(None, _release_memory)
+        if size >= 32 << 20:  # trimming walks the heap: worth it only after the largest answers
+            await asyncio.get_running_loop().run_in_executor(None, _release_memory)
 
 
 def create_app(retriever: Retriever, config: ServerConfig | None = None) -> RetrievalServer:
