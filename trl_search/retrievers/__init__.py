@@ -3,6 +3,7 @@
 from .base import Passage, Retriever, iter_corpus, load_retriever, passage_from_record
 from .bm25 import BM25Retriever
 from .cache import CachedRetriever
+from .corpus import Corpus, CorpusError
 from .hybrid import HybridRetriever
 from .manifest import InvalidIndexError
 
@@ -35,6 +36,8 @@ def __getattr__(name):
 __all__ = [
     "BM25Retriever",
     "CachedRetriever",
+    "Corpus",
+    "CorpusError",
     "DenseRetriever",
     "HybridRetriever",
     "InvalidIndexError",
