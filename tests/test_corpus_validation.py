@@ -113,6 +113,14 @@ def test_empty_and_non_string_contents_are_skipped_with_a_warning(tmp_path, capl
         BM25Retriever.build(empty)
 
 
+def test_empty_corpus_is_a_clear_cli_error(tmp_path, capsys):
+    empty = write_corpus(tmp_path / "empty.jsonl", ['{"id": "e", "contents": "  "}'])
+    assert run_index(empty, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "The corpus is empty" in error and "Traceback" not in error
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl"]
+
+
 def test_in_memory_rows_are_checked_too():
     with pytest.raises(CorpusError, match="corpus item 1: duplicate id 'a' \\(first at corpus item 0\\)"):
         BM25Retriever.build([{"id": "a", "contents": "one"}, {"id": "a", "contents": "two"}])

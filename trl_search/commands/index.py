@@ -83,14 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trl_search.indexing import Interrupted, exit_cleanly_on_signals
-    from trl_search.retrievers.corpus import CorpusError
-    from trl_search.retrievers.manifest import InvalidIndexError
 
     # Errors a user can act on are printed without a traceback; SIGTERM/SIGINT clean up before exiting.
     with exit_cleanly_on_signals():
         try:
             return _run(args)
-        except (CorpusError, InvalidIndexError, FileNotFoundError, FileExistsError) as error:
+        # CorpusError and InvalidIndexError are ValueErrors; ImportError names the extra to install.
+        except (ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
             print(f"trl-search index: error: {error}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
