@@ -11,10 +11,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever", required=True, help="Index directory (from `trl-search index`) or http(s) URL.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1, this machine only).")
     parser.add_argument("--port", type=int, default=8000, help="Port (default: 8000, as Search-R1).")
-    parser.add_argument("--topk", type=int, default=3, help="Passages per query when a request gives no topk.")
-    parser.add_argument("--max-queries", type=int, default=4096, help="Queries per request.")
-    parser.add_argument("--max-query-chars", type=int, default=4096, help="Characters per query.")
-    parser.add_argument("--max-topk", type=int, default=100, help="Largest topk a request may ask for.")
+    parser.add_argument(
+        "--topk", type=int, default=3, help="Passages per query when a request's topk is missing, null or 0."
+    )
+    parser.add_argument("--max-queries", type=int, default=4096, help="Queries per request (more: HTTP 422).")
+    parser.add_argument("--max-query-chars", type=int, default=4096, help="Characters per query (more: HTTP 422).")
+    parser.add_argument(
+        "--max-topk",
+        type=int,
+        default=100,
+        help="Largest topk served; a larger one is clamped (X-Topk-Clamped header).",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="Request body size limit.")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="How long a batch waits for more requests.")
     parser.add_argument(
