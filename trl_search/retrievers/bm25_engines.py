@@ -258,13 +258,23 @@ class TantivyEngine:
 
         should, term_query = tantivy.Occur.Should, tantivy.Query.term_query
         results = []
-        for tokens in token_lists:
-            if not tokens:
-                results.append([])
-                continue
-            query = tantivy.Query.boolean_query([(should, term_query(self.schema, "body", t)) for t in tokens])
-            hits = self.searcher.search(query, k, count=False).hits
-            results.append([(int(self.searcher.doc(address)["row"][0]), float(score)) for score, address in hits])
+        try:
+            for tokens in token_lists:
+                if not tokens:
+                    results.append([])
+                    continue
+                query = tantivy.Query.boolean_query([(should, term_query(self.schema, "body", t)) for t in tokens])
+                hits = self.searcher.search(query, k, count=False).hits
+                rows = [(int(self.searcher.doc(address)["row"][0]), float(score)) for score, address in hits]
+                if any(not 0 <= row < self.num_docs for row, _ in rows):
+                    raise ValueError("a stored row number is out of range")
+                results.append(rows)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # a damaged segment: ValueError, or a Rust panic (a BaseException)
+            from .manifest import InvalidIndexError
+
+            raise InvalidIndexError(f"{self.path}: the tantivy index is damaged ({error}); rebuild it.") from None
         return results
 
     def save(self, directory: str) -> None:
@@ -277,8 +287,12 @@ class TantivyEngine:
         tantivy = _require("tantivy", "tantivy")
         path = os.path.join(directory, "tantivy")
         try:
-            return cls(tantivy.Index.open(path), path, n_threads)
-        except ValueError as error:
+            engine = cls(tantivy.Index.open(path), path, n_threads)
+            engine.searcher.num_docs  # noqa: B018 - reads the segment metadata now, not at the first query
+            return engine
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # tantivy raises ValueError, or a Rust panic (a BaseException) on damage
             raise InvalidIndexError(f"{path}: tantivy cannot open this index ({error}); rebuild it.") from None
 
 
