@@ -83,7 +83,10 @@ def test_damaged_npy_headers_and_json_files_name_the_file(index, pristine):
     with pytest.raises(InvalidIndexError, match="data.csc.index.npy: this array file is damaged") as caught:
         load_retriever(index)
     assert "allow_pickle" not in str(caught.value)
-    for name, what in [("bm25s/vocab.index.json", "bm25s vocabulary"), ("bm25s/params.index.json", "bm25s parameter file")]:
+    for name, what in [
+        ("bm25s/vocab.index.json", "bm25s vocabulary"),
+        ("bm25s/params.index.json", "bm25s parameter file"),
+    ]:
         shutil.rmtree(index)
         shutil.copytree(pristine, index)
         overwrite(index / name, 0, b"\xff{{")
