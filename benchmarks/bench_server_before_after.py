@@ -42,10 +42,11 @@ def server_module_at(commit: str) -> types.ModuleType:
     return module
 
 
-def start(app):
+def start(app, http: str = "auto", loop: str = "auto"):
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, http=http, loop=loop)
+    server = uvicorn.Server(config)
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.01)
@@ -61,6 +62,13 @@ def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="uvicorn's HTTP parser (auto: httptools when installed, as with uvicorn[standard]).",
+    )
+    parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="uvicorn's event loop.")
     args = parser.parse_args()
 
     import psutil
@@ -75,9 +83,15 @@ def main():
     queries = generate_queries(corpus, args.queries)
     retriever = BM25Retriever.build(corpus)
     retriever.search(queries[:64], k=3)
-    servers = {"before": start(before.create_app(retriever)), "after": start(create_app(retriever))}
+    servers = {
+        "before": start(before.create_app(retriever), args.http, args.loop),
+        "after": start(create_app(retriever), args.http, args.loop),
+    }
     process = psutil.Process()
-    print(f"{args.passages:,} passages, k=3, wrk, before = {args.before}, load average {os.getloadavg()}")
+    print(
+        f"{args.passages:,} passages, k=3, wrk, before = {args.before}, uvicorn http={args.http} loop={args.loop}, "
+        f"load average {os.getloadavg()}"
+    )
 
     rows = []
     for size in args.sizes:
