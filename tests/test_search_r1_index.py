@@ -7,6 +7,7 @@ queries, the model's tokenizer with padding and truncation to 256 tokens, mean p
 bge), L2 normalisation.
 """
 
+import functools
 import json
 import os
 
@@ -44,12 +45,16 @@ ODD_ROWS = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def search_r1_encode(texts, pooling="mean", max_length=256):
-    """Encodes `texts` as Search-R1's builder/server do with a transformers encoder."""
+@functools.lru_cache(maxsize=1)
+def reference_model():
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    model = AutoModel.from_pretrained(MODEL).eval()
+    return AutoTokenizer.from_pretrained(MODEL), AutoModel.from_pretrained(MODEL).eval()
+
+
+def search_r1_encode(texts, pooling="mean", max_length=256):
+    """Encodes `texts` as Search-R1's builder/server do with a transformers encoder."""
+    tokenizer, model = reference_model()
     with torch.no_grad():
         inputs = tokenizer(texts, max_length=max_length, padding=True, truncation=True, return_tensors="pt")
         hidden = model(**inputs, return_dict=True).last_hidden_state
