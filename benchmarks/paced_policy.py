@@ -2,20 +2,24 @@
 
 A random model never writes a tag, so every turn of a search rollout would end in corrective feedback and a
 benchmark would time a trajectory no real run produces. `PacedPolicy` is a logits processor that steers each row
-through a realistic turn while the model still runs every forward pass and samples the free tokens itself:
+through a realistic turn; the model still runs every forward pass and the sampler still samples, but from a
+distribution with one token left:
 
-    <think> {N free tokens} </think>
+    <think> {N thinking tokens} </think>
     <search> {a question of the pool} </search>          while fewer than K searches were made
     <answer> {an answer of the pool} </answer>           once K searches were made
 
 N is drawn per turn from `think_tokens` and K per trajectory from `searches` (inclusive ranges). Defaults follow what
 Search-R1 runs of Qwen2.5-3B show: 2-3 searches per question, a few dozen to ~150 tokens of reasoning per turn; with
 3 passages of ~100 tokens per search, about three quarters of a completion is injected text.
-Free tokens exclude EOS, special tokens and any token containing `<` or `>`, so no tag is written by chance.
+Thinking tokens are drawn from the vocabulary less EOS, special tokens and any token containing `<` or `>`.
+
+Every choice, thinking tokens included, is a function of the row's context, its row in the batch and `seed`: the
+trajectories do not depend on the weights or on float rounding, so the trainers of a comparison (ours with and without
+cache reuse, successive steps) see exactly the same tokens.
 
 Use: call `begin(input_ids)` before each `generate` call (the benchmark wraps `model.generate` to do so), and pass the
-policy in `logits_processor`. Every choice is a function of the row's context and `seed`, so a row's plan survives
-the rollout regrouping rows between turns, and runs are reproducible.
+policy in `logits_processor`.
 
 Example:
     >>> policy = PacedPolicy(tokenizer, queries=["capital of Krucoor"], answers=["Tousyza"])  # doctest: +SKIP
@@ -37,7 +41,7 @@ OBSERVATION_MARKER = "Doc 1(Title:"
 
 
 class PacedPolicy(LogitsProcessor):
-    """Forces the protocol tokens of a Search-R1 turn and lets the model sample N free thinking tokens in between.
+    """Forces the tokens of a Search-R1 turn: an opening, N thinking tokens, then a search or an answer.
 
     Args:
         tokenizer: the policy's tokenizer.
@@ -76,28 +80,31 @@ class PacedPolicy(LogitsProcessor):
             banned[token_id] = "<" in text or ">" in text or not text.strip()
         banned[list(tokenizer.all_special_ids)] = True
         self._banned = banned
-        self._plan: torch.Tensor | None = None  # (rows, longest plan): forced token id, or -1 for a free token
+        self._thinking_ids = (~banned).nonzero().flatten().numpy()
+        self._plan: torch.Tensor | None = None  # (rows, longest plan): the token each row must write at each step
         self._step = 0
-        self.longest_turn = 2 + think_tokens[1] + max(len(ids) for ids in self._search + self._answer)
+        self.longest_turn = len(self._open) + think_tokens[1] + max(len(ids) for ids in self._search + self._answer)
 
-    def _rng(self, tokens: list[int]) -> np.random.Generator:
-        return np.random.default_rng([zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes()), self.seed])
+    def _rng(self, tokens: list[int], row: int) -> np.random.Generator:
+        return np.random.default_rng([zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes()), row, self.seed])
 
     def searches_made(self, tokens: list[int]) -> int:
         return self.tokenizer.decode(tokens).count(OBSERVATION_MARKER)
 
-    def plan_turn(self, context: list[int]) -> list[int]:
-        """The turn this context gets: forced token ids, with -1 at each free position."""
+    def plan_turn(self, context: list[int], row: int = 0) -> list[int]:
+        """The tokens of the turn that this context (at this row of the batch) gets."""
         made = self.searches_made(context)
-        rng = self._rng(context)
+        rng = self._rng(context, row)
         low, high = self.searches
         # K is drawn per trajectory: with s searches made, answer with the probability that K == s given K >= s.
         answer = made >= high or (made >= low and rng.random() < 1.0 / (high - made + 1))
         suffix = (
             self._answer[rng.integers(len(self._answer))] if answer else self._search[rng.integers(len(self._search))]
         )
-        free = int(rng.integers(self.think_tokens[0], self.think_tokens[1] + 1))
-        return self._open + [-1] * free + suffix
+        thinking = rng.choice(
+            self._thinking_ids, size=int(rng.integers(self.think_tokens[0], self.think_tokens[1] + 1))
+        )
+        return self._open + thinking.tolist() + suffix
 
     def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         """Plans the next `generate` call's turn for every row of its (left-padded) input."""
@@ -105,7 +112,7 @@ class PacedPolicy(LogitsProcessor):
         for row, ids in enumerate(input_ids.tolist()):
             if attention_mask is not None:
                 ids = [token for token, keep in zip(ids, attention_mask[row].tolist()) if keep]
-            rows.append(self.plan_turn(ids))
+            rows.append(self.plan_turn(ids, row))
         width = max(len(plan) for plan in rows)
         eos = self.tokenizer.eos_token_id
         self._plan = torch.tensor([plan + [eos] * (width - len(plan)) for plan in rows])
@@ -117,13 +124,8 @@ class PacedPolicy(LogitsProcessor):
         step = min(self._step, self._plan.shape[1] - 1)
         self._step += 1
         wanted = self._plan[:, step].to(scores.device)
-        forced = wanted >= 0
-        scores = scores.masked_fill(self._banned.to(scores.device), float("-inf"))
-        if forced.any():
-            rows = forced.nonzero(as_tuple=True)[0]
-            scores[rows] = float("-inf")
-            scores[rows, wanted[rows]] = 0.0
-        return scores
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter_(1, wanted[:, None], 0.0)
 
 
 class NoEarlyStop(LogitsProcessor):

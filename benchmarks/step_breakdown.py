@@ -289,85 +289,108 @@ def peft_config(args):
     return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def run_trainer(
-    kind: str, args, workload, retriever, model: str, seed: int, completion_length: int | None = None
-) -> dict:
-    from trl import GRPOConfig, GRPOTrainer
+class Run:
+    """One trainer of the comparison, built once; `train(steps)` runs that many timed steps (a fresh `train()` call:
+    the same seed, so the same first batch, each time)."""
 
-    from trl_search import SearchGRPOConfig, SearchGRPOTrainer
-    from trl_search.generation import TransformersGenerator
-    from trl_search.rewards import exact_match_reward
+    def __init__(self, kind: str, args, workload, retriever, model: str, seed: int, completion_length=None):
+        from trl import GRPOConfig, GRPOTrainer
 
-    corpus, dataset, tokenizer = workload
-    clock, stats = Clock(args.device), GenerationStats()
-    output_dir = tempfile.mkdtemp(prefix=f"step-breakdown-{kind}-")
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    trajectories = {"sampled": [], "total": [], "searches": []}
-    if kind.startswith("search"):
-        config = SearchGRPOConfig(
-            **common_config(args, seed, output_dir), max_completion_length=args.max_completion_length,
-            max_turns=args.max_turns, retrieval_top_k=3, max_obs_length=500,
-            max_tokens_per_turn=args.max_tokens_per_turn,
-        )  # fmt: skip
-        timed_retriever = TimedRetriever(retriever)
-        trainer = SearchGRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
-                                    processing_class=tokenizer, retriever=timed_retriever, peft_config=peft_config(args),
-                                    callbacks=[clock.callback()])  # fmt: skip
-        questions = [row.split("Question: ")[-1].strip() for row in dataset["prompt"]]
-        answers = [golds[0] for golds in dataset["golden_answers"]]
-        paced = PacedPolicy(tokenizer, questions, answers, tuple(args.think_tokens), tuple(args.searches), seed=seed)
-        if paced.longest_turn > args.max_tokens_per_turn:
-            raise SystemExit(f"--max_tokens_per_turn must be >= {paced.longest_turn} for --think_tokens.")
-        pace_generate(trainer.model, paced, stats, paced, clock)
-        # Built here only to choose the cache setting; the trainer sets its model and collective flag as usual.
-        trainer._generator = TransformersGenerator(trainer.model, tokenizer, trainer.generation_config,
-                                                   eos_token_ids=trainer.eos_token_ids, reuse_cache=kind == "search")  # fmt: skip
-        clock.wrap(timed_retriever, "search")
-        inner_rollout = trainer.rollout_func
+        from trl_search import SearchGRPOConfig, SearchGRPOTrainer
+        from trl_search.generation import TransformersGenerator
+        from trl_search.rewards import exact_match_reward
 
-        def rollout(prompts, trainer_):
-            output = inner_rollout(prompts, trainer_)
-            trainer_._generator.release()  # the rollout is over: free the kept key/value cache before training
-            trajectories["sampled"] += [sum(mask) for mask in output["env_mask"]]
-            trajectories["total"] += [len(ids) for ids in output["completion_ids"]]
-            trajectories["searches"] += list(output["num_searches"])
-            return output
+        self.kind, self.args, self.seed, self.completion_length = kind, args, seed, completion_length
+        corpus, dataset, tokenizer = workload
+        self.clock, self.stats, self.status = Clock(args.device), GenerationStats(), "ok"
+        clock, stats = self.clock, self.stats
+        output_dir = tempfile.mkdtemp(prefix=f"step-breakdown-{kind}-")
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.trajectories = trajectories = {"sampled": [], "total": [], "searches": []}
+        if kind.startswith("search"):
+            config = SearchGRPOConfig(
+                **common_config(args, seed, output_dir), max_completion_length=args.max_completion_length,
+                max_turns=args.max_turns, retrieval_top_k=3, max_obs_length=500,
+                max_tokens_per_turn=args.max_tokens_per_turn,
+            )  # fmt: skip
+            timed_retriever = TimedRetriever(retriever)
+            trainer = SearchGRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config,
+                                        train_dataset=dataset, processing_class=tokenizer, retriever=timed_retriever,
+                                        peft_config=peft_config(args), callbacks=[clock.callback()])  # fmt: skip
+            questions = [row.split("Question: ")[-1].strip() for row in dataset["prompt"]]
+            answers = [golds[0] for golds in dataset["golden_answers"]]
+            paced = PacedPolicy(tokenizer, questions, answers, tuple(args.think_tokens), tuple(args.searches), seed)
+            if paced.longest_turn > args.max_tokens_per_turn:
+                raise SystemExit(f"--max_tokens_per_turn must be >= {paced.longest_turn} for --think_tokens.")
+            pace_generate(trainer.model, paced, stats, paced, clock)
+            # Built here only to choose the cache setting; the trainer sets its model and collective flag as usual.
+            trainer._generator = TransformersGenerator(trainer.model, tokenizer, trainer.generation_config,
+                                                       eos_token_ids=trainer.eos_token_ids,
+                                                       reuse_cache=kind == "search")  # fmt: skip
+            clock.wrap(timed_retriever, "search")
+            inner_rollout = trainer.rollout_func
 
-        trainer.rollout_func = rollout
-        clock.wrap(trainer, "rollout_func", "rollout")
-    else:
-        config = GRPOConfig(**common_config(args, seed, output_dir), max_completion_length=completion_length)
-        trainer = GRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=peft_config(args),
-                              callbacks=[clock.callback()])  # fmt: skip
-        pace_generate(trainer.model, NoEarlyStop(trainer.eos_token_ids), stats, None, clock)
-        clock.wrap(trainer, "_generate_single_turn", "rollout")
-    clock.wrap(trainer, "_calculate_rewards")
-    clock.wrap(trainer, "_get_per_token_logps_and_entropies", "logprobs", when=lambda: not torch.is_grad_enabled())
-    clock.wrap(trainer, "_prepare_inputs")
-    clock.wrap(trainer, "training_step")
-    status = "ok"
-    try:
-        trainer.train()
-    except torch.OutOfMemoryError:
-        status = "OOM"
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
-    timed = clock.steps[args.warmup :] or clock.steps
-    del trainer
-    result = {"kind": kind, "status": status, "seed": seed, "peak_memory_gib": peak, "steps": timed}
-    if kind.startswith("search") and trajectories["sampled"]:
-        n = len(trajectories["sampled"])
-        result["sampled_tokens"] = sum(trajectories["sampled"]) / n
-        result["total_tokens"] = sum(trajectories["total"]) / n
-        result["searches"] = trajectories["searches"]
-    else:
-        result["sampled_tokens"] = result["total_tokens"] = completion_length
-    # Generation's useful share: sampled tokens over rows x decode steps (the rest is padding of finished rows).
-    rows = args.prompts * args.group * (args.warmup + args.steps)
-    result["decode_utilisation"] = result["sampled_tokens"] * rows / max(stats.row_steps, 1)
-    result["prefill_positions_per_step"] = stats.prefill_positions / (args.warmup + args.steps)
+            def rollout(prompts, trainer_):
+                output = inner_rollout(prompts, trainer_)
+                trainer_._generator.release()  # the rollout is over: free the kept key/value cache before training
+                trajectories["sampled"] += [sum(mask) for mask in output["env_mask"]]
+                trajectories["total"] += [len(ids) for ids in output["completion_ids"]]
+                trajectories["searches"] += list(output["num_searches"])
+                return output
+
+            trainer.rollout_func = rollout
+            clock.wrap(trainer, "rollout_func", "rollout")
+        else:
+            config = GRPOConfig(**common_config(args, seed, output_dir), max_completion_length=completion_length)
+            trainer = GRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
+                                  processing_class=tokenizer, peft_config=peft_config(args),
+                                  callbacks=[clock.callback()])  # fmt: skip
+            pace_generate(trainer.model, NoEarlyStop(trainer.eos_token_ids), stats, None, clock)
+            clock.wrap(trainer, "_generate_single_turn", "rollout")
+        clock.wrap(trainer, "_calculate_rewards")
+        clock.wrap(trainer, "_get_per_token_logps_and_entropies", "logprobs", when=lambda: not torch.is_grad_enabled())
+        clock.wrap(trainer, "_prepare_inputs")
+        clock.wrap(trainer, "training_step")
+        self.trainer = trainer
+
+    def train(self, steps: int) -> None:
+        if self.status != "ok" or steps < 1:
+            return
+        self.trainer.args.max_steps = steps
+        try:
+            self.trainer.train()
+        except torch.OutOfMemoryError:
+            self.status = "OOM"
+
+    def result(self) -> dict:
+        args, kind = self.args, self.kind
+        peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+        timed = self.clock.steps[args.warmup :] or self.clock.steps
+        result = {"kind": kind, "status": self.status, "seed": self.seed, "peak_memory_gib": peak, "steps": timed}
+        trajectories = self.trajectories
+        if kind.startswith("search") and trajectories["sampled"]:
+            n = len(trajectories["sampled"])
+            result["sampled_tokens"] = sum(trajectories["sampled"]) / n
+            result["total_tokens"] = sum(trajectories["total"]) / n
+            result["searches"] = trajectories["searches"]
+        else:
+            result["sampled_tokens"] = result["total_tokens"] = self.completion_length
+        # Generation's useful share: sampled tokens over rows x decode steps (the rest: padding of finished rows).
+        steps_run = max(len(self.clock.steps), 1)
+        rows = args.prompts * args.group * steps_run
+        result["decode_utilisation"] = result["sampled_tokens"] * rows / max(self.stats.row_steps, 1)
+        result["prefill_positions_per_step"] = self.stats.prefill_positions / steps_run
+        return result
+
+
+def run_trainer(kind: str, *args, **kwargs) -> dict:
+    """Builds one trainer, runs warm-up and timed steps in one `train()`, and frees it."""
+    run = Run(kind, *args, **kwargs)
+    run.train(run.args.warmup + run.args.steps)
+    result = run.result()
+    del run
     return result
 
 
@@ -384,6 +407,27 @@ def run_safely(kind: str, *args, **kwargs) -> dict:
         result["peak_memory_gib"] = result.get("peak_memory_gib") or torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.empty_cache()
     return result
+
+
+def interleaved(args, workload, retriever, model: str, seed: int) -> list[dict]:
+    """Every trainer built side by side; after their warm-up, one timed step of each in turn, `steps` times over, so
+    that a change in the machine's load falls on all of them alike (CPU; on GPU they may not fit together)."""
+    ours = Run("search", args, workload, retriever, model, seed)
+    ours.train(args.warmup)  # also measures the token counts that the stock runs copy
+    runs = [ours]
+    if args.compare_reuse:
+        runs.append(Run("search-no-reuse", args, workload, retriever, model, seed))
+    if not args.no_stock:
+        for kind, key in (("stock-sampled", "sampled_tokens"), ("stock-total", "total_tokens")):
+            tokens = max(1, round(ours.result()[key]))
+            runs.append(Run(kind, args, workload, retriever, model, seed, completion_length=tokens))
+    for run in runs[1:]:
+        run.train(args.warmup)
+    for _ in range(args.steps):
+        for run in runs:
+            run.train(1)
+    print(f"[seed {seed}] " + ", ".join(f"{run.kind}: {run.status}" for run in runs), flush=True)
+    return [run.result() for run in runs]
 
 
 def median_phases(result: dict) -> dict[str, float]:
@@ -464,6 +508,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory_cap_gib", type=float, default=None,
                         help="cap this process's GPU memory, e.g. 24 to find what fits a 24 GB card")  # fmt: skip
     parser.add_argument("--no_stock", action="store_true", help="time our trainer only")
+    parser.add_argument("--interleave", action="store_true",
+                        help="build every trainer first, then alternate their timed steps (fair under a varying load)")  # fmt: skip
     parser.add_argument("--compare_reuse", action="store_true",
                         help="also time our trainer with the key/value cache rebuilt every turn (reuse_cache=False)")  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -474,6 +520,8 @@ def parse_args(argv=None):
     if args.smoke:
         args.shape, args.tokenizer_vocab, args.prompts, args.group, args.steps, args.warmup = "tiny", 1000, 1, 3, 1, 0
         args.seeds, args.think_tokens, args.passage_words, args.max_tokens_per_turn = [0], [4, 12], 40, 64
+    if args.interleave:
+        args.warmup = max(1, args.warmup)  # our warm-up step measures the token counts the stock runs copy
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     return args
@@ -492,6 +540,9 @@ def main(argv=None) -> list[dict]:
     results = []
     for seed in args.seeds:
         model = save_model(args, workload[2], seed)
+        if args.interleave:
+            results += interleaved(args, workload, retriever, model, seed)
+            continue
         ours = run_safely("search", args, workload, retriever, model, seed)
         results.append(ours)
         print(f"[seed {seed}] ours: {ours['status']}, {median_phases(ours)['step']:.3f} s/step" if ours["steps"] else
