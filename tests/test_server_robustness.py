@@ -223,7 +223,7 @@ def test_token_is_checked_before_the_body_is_read(bm25):
         elapsed = time.perf_counter() - started
         unauthenticated_bad_body = requests.post(server.url, data=b"{not json", timeout=10)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-    assert elapsed < 2.0
+    assert elapsed < 4.0  # the socket read gives up at 5 s: an answer that waited for the body never comes
     assert unauthenticated_bad_body.status_code == 401  # no validation details for strangers
 
 
