@@ -103,7 +103,7 @@ def build_demo_model(directory: str, hidden_size: int, num_layers: int) -> str:
 def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, model_args: ModelConfig, callbacks=None):
     from accelerate import PartialState
 
-    from trl_search.evaluation import resolve_retriever
+    from trl_search.retrievers import load_retriever
 
     if script_args.demo:
         # One process builds the model, the others load what it saved: every rank starts from the same weights.
@@ -152,7 +152,7 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
     )
     # Gathered retrieval: only the main process queries, so only it opens the index.
     main_only = training_args.gather_retrieval_queries and training_args.process_index != 0
-    retriever = None if main_only else resolve_retriever(script_args.retriever)
+    retriever = None if main_only else load_retriever(script_args.retriever)
     trainer = SearchGRPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

@@ -290,3 +290,26 @@ def test_a_cached_retriever_reports_its_hit_rate_each_step(tmp_path, tiny_model,
     rates = [entry["search/cache_hit_rate"] for entry in trainer.state.log_history if "search/cache_hit_rate" in entry]
     assert len(rates) == 3 and all(0.0 <= rate <= 1.0 for rate in rates)
     assert rates[0] == 0.0 and max(rates[1:]) > 0.0  # the scripted queries repeat from the second step on
+
+
+def test_a_corpus_file_spec_is_resolved_by_the_one_resolver(tmp_path, tiny_model, tiny_tokenizer):
+    corpus_path = tmp_path / "corpus.jsonl"
+    corpus_path.write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
+    trainer = SearchGRPOTrainer(
+        model=tiny_model,
+        processing_class=tiny_tokenizer,
+        retriever=str(corpus_path),
+        args=make_config(tmp_path),
+        train_dataset=make_dataset(),
+    )
+    assert type(trainer.retriever).__name__ == "BM25Retriever"
+    assert trainer.retriever.search(["capital of Veldoria"], k=1)[0][0].id == "0"
+
+
+def test_importing_the_rewards_loads_no_index_library():
+    import subprocess
+    import sys
+
+    code = "import sys, trl_search.rewards; print(sorted(m for m in ('numpy', 'bm25s', 'numba', 'torch') if m in sys.modules))"
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0 and process.stdout.strip() == "[]", process.stdout + process.stderr

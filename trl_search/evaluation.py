@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 from .data import (
     DEFAULT_PROMPT_TEMPLATE,
-    DEMO_CORPUS_PATH,
     DIRECT_PROMPT_TEMPLATE,
     PAPER_DATASETS,
     QA_DATASETS,
@@ -28,6 +27,7 @@ from .data import (
     tokenize_prompts,
 )
 from .protocols import validate_sequence
+from .retrievers.base import load_retriever
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward
 from .rollout import RolloutSettings
 
@@ -60,27 +60,6 @@ def _saved_search_settings(model_name: str) -> dict | None:
     except Exception as error:  # offline or private: evaluation then runs on explicit settings and the defaults
         logger.warning("Could not read search settings of %s from the Hub (%s); using defaults.", model_name, error)
         return None
-
-
-def resolve_retriever(spec):
-    """Opens a retriever from a spec: a `Retriever` (returned as is), `"demo"` (BM25 over the shipped demo corpus), a
-    JSONL corpus file (indexed with BM25 on the fly), or whatever `load_retriever` opens (an index directory, a URL).
-
-    Example:
-        >>> hits = resolve_retriever("demo").search(["Which river flows through Qorugeth?"], k=2)[0]
-        >>> [passage.title for passage in hits]
-        ['Qorugeth', 'Qorugeth (town life)']
-    """
-    from .retrievers import BM25Retriever, Retriever, load_retriever
-
-    if spec is None or isinstance(spec, Retriever):
-        return spec
-    spec = os.fspath(spec)
-    if spec == "demo":  # a few hundred passages: numpy scoring is instant, numba would first spend seconds compiling
-        return BM25Retriever.build(DEMO_CORPUS_PATH, backend="numpy")
-    if os.path.isfile(spec) and spec.endswith(".jsonl"):
-        return BM25Retriever.build(spec)
-    return load_retriever(spec)
 
 
 def _load_tokenizer(model_path: str):
@@ -273,7 +252,7 @@ def evaluate(
 
     Args:
         model: a model directory or Hub id, or a loaded `PreTrainedModel` (then pass `tokenizer`).
-        retriever: a `Retriever`, or a spec for `resolve_retriever` (index directory, URL, JSONL corpus, `"demo"`).
+        retriever: a `Retriever`, or a spec for `load_retriever` (index directory, URL, JSONL corpus, `"demo"`).
             Not needed for `baseline="direct"`.
         datasets: registry names (see `trl_search.data.QA_DATASETS`), as a list or a comma-separated string.
         baseline: None (search, up to `max_turns` searches), `"direct"` (answer without retrieval) or `"rag"`
@@ -316,7 +295,7 @@ def evaluate(
     if not names or not all(names):
         raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'demo' offline).")
     model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-    retriever = resolve_retriever(retriever) if baseline != "direct" else None
+    retriever = load_retriever(retriever) if baseline != "direct" and retriever is not None else None
     if baseline != "direct" and retriever is None:
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
     # What is not given explicitly comes from the settings saved with the model, else the paper's values.

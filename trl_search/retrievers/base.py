@@ -143,21 +143,37 @@ class Retriever(ABC):
             raise ValueError(f"k must be a positive integer, got {k!r}.")
 
 
-def load_retriever(spec: str | os.PathLike, **options) -> Retriever:
-    """Opens a retriever from a saved index directory or an `http(s)://` URL of a `/retrieve` server.
+def load_retriever(spec, **options) -> Retriever:
+    """The one place that decides what a retriever spec means: a `Retriever` (returned as is), an `http(s)://` URL of
+    a `/retrieve` server, a saved index directory, a JSONL corpus (indexed with BM25 in memory on the fly), or `"demo"`
+    (BM25 over the shipped demo corpus).
 
-    The directory's `manifest.json` names its kind (`bm25`, `dense`, `hybrid`); `options` go to that class's `load`
-    (e.g. `mmap=True` for BM25, `device="cuda"` for dense) or to `RemoteRetriever` for a URL.
+    A directory's `manifest.json` names its kind (`bm25`, `dense`, `hybrid`); `options` go to that class's `load`
+    (e.g. `mmap=True` for BM25, `device="cuda"` for dense, `verify=True`), to `RemoteRetriever` for a URL, or to
+    `BM25Retriever.build` for a corpus file.
 
     Example:
+        >>> [passage.title for passage in load_retriever("demo").search(["Which river flows through Qorugeth?"], k=1)[0]]
+        ['Qorugeth']
         >>> retriever = load_retriever("http://127.0.0.1:8000/retrieve")  # doctest: +SKIP
         >>> retriever = load_retriever("indexes/wiki-bm25", mmap=True)  # doctest: +SKIP
     """
+    if isinstance(spec, Retriever):
+        return spec
     spec = os.fspath(spec)
     if spec.startswith(("http://", "https://")):
         from .remote import RemoteRetriever
 
         return RemoteRetriever(spec, **options)
+    if spec == "demo" or (os.path.isfile(spec) and spec.endswith(".jsonl")):
+        from ..data import DEMO_CORPUS_PATH
+        from .bm25 import BM25Retriever
+
+        if (
+            spec == "demo"
+        ):  # a few hundred passages: numpy scoring is instant, numba would first spend seconds compiling
+            return BM25Retriever.build(DEMO_CORPUS_PATH, backend="numpy", **options)
+        return BM25Retriever.build(spec, **options)
     from . import RETRIEVER_KINDS
     from .manifest import read_manifest
 
