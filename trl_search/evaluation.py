@@ -370,7 +370,6 @@ def evaluate(
                     tokenizer,
                     retriever,
                     baseline,
-                    settings.retrieval_top_k,
                     prompt_template,
                     conversational,
                     chat_template_kwargs,
@@ -405,7 +404,6 @@ def _evaluate_batch(
     tokenizer,
     retriever,
     baseline,
-    retrieval_top_k,
     template,
     conversational,
     chat_kwargs,
@@ -415,7 +413,7 @@ def _evaluate_batch(
     passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
     if baseline == "rag":  # one retrieval for the question itself, shown in the prompt
         protocol = rollout.protocol
-        hits = retriever.search(list(questions), k=retrieval_top_k)
+        hits = retriever.search(list(questions), k=rollout.retrieval_top_k)
         passages = [protocol.render_passages(found) for found in hits]
         rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
     prompts = [
