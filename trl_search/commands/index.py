@@ -2,86 +2,107 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--corpus", required=True, help='JSONL corpus: {"id", "contents"} (Search-R1) or {"id", "title", "text"} rows.'
+@dataclass
+class IndexArguments:
+    """Options of `trl-search index`. Multi-word options take `_` or `-` (`--max_length`, `--max-length`), and
+    `--config x.yaml` reads them from a file.
+
+    Example:
+        >>> from trl import TrlParser
+        >>> (args,) = TrlParser(IndexArguments).parse_args_and_config(["--corpus", "c.jsonl", "--out", "idx"])
+        >>> args.kind, args.engine, args.max_length
+        ('bm25', 'bm25s', 256)
+    """
+
+    corpus: str = field(
+        metadata={"help": 'JSONL corpus: {"id", "contents"} (Search-R1) or {"id", "title", "text"} rows.'}
     )
-    parser.add_argument(
-        "--out", required=True, help="Output directory (written atomically; an existing index is replaced)."
-    )
-    parser.add_argument("--kind", choices=["bm25", "dense"], default="bm25", help="Index kind (default: bm25).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-    checks = parser.add_argument_group("corpus checks")
-    checks.add_argument(
-        "--on-bad-text",
-        choices=["error", "replace"],
+    out: str = field(metadata={"help": "Output directory (written atomically; an existing index is replaced)."})
+    kind: str = field(default="bm25", metadata={"help": "Index kind.", "choices": ["bm25", "dense"]})
+    no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    # corpus checks
+    on_bad_text: str = field(
         default="error",
-        help="Rows with invalid UTF-8 or lone surrogates: stop with file:line (default), or replace the bad "
-        "characters with U+FFFD and count them.",
+        metadata={
+            "help": "Rows with invalid UTF-8 or lone surrogates: stop with file:line (error), or replace the bad "
+            "characters with U+FFFD and count them (replace).",
+            "choices": ["error", "replace"],
+        },
     )
-    checks.add_argument(
-        "--allow-duplicate-ids", action="store_true", help="Keep rows whose id repeats an earlier one (counted)."
+    allow_duplicate_ids: bool = field(
+        default=False, metadata={"help": "Keep rows whose id repeats an earlier one (counted)."}
     )
-    bm25 = parser.add_argument_group("bm25")
-    bm25.add_argument(
-        "--engine", choices=["bm25s", "tantivy", "rank_bm25"], default="bm25s", help="BM25 engine (default: bm25s)."
+    # bm25
+    engine: str = field(
+        default="bm25s", metadata={"help": "BM25 engine.", "choices": ["bm25s", "tantivy", "rank_bm25"]}
     )
-    bm25.add_argument("--k1", type=float, default=None, help="BM25 k1 (default 0.9; tantivy is fixed at 1.2).")
-    bm25.add_argument("--b", type=float, default=None, help="BM25 b (default 0.4; tantivy is fixed at 0.75).")
-    bm25.add_argument("--heap-mb", type=int, default=256, help="tantivy: indexing memory budget in MB.")
-    dense = parser.add_argument_group("dense")
-    dense.add_argument(
-        "--encoder", help="sentence-transformers/transformers model name or directory (e.g. intfloat/e5-base-v2)."
-    )
-    dense.add_argument(
-        "--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index type (default: flat)."
-    )
-    dense.add_argument(
-        "--family",
-        choices=["e5", "bge", "contriever", "jina", "none"],
+    k1: float | None = field(default=None, metadata={"help": "BM25 k1 (default 0.9; tantivy is fixed at 1.2)."})
+    b: float | None = field(default=None, metadata={"help": "BM25 b (default 0.4; tantivy is fixed at 0.75)."})
+    heap_mb: int = field(default=256, metadata={"help": "tantivy: indexing memory budget in MB."})
+    # dense
+    encoder: str | None = field(
         default=None,
-        help="Encoder family, as Search-R1's --retrieval_method: sets prefixes and pooling (default: from the "
-        "model name).",
+        metadata={"help": "Dense: sentence-transformers/transformers model name or directory (intfloat/e5-base-v2)."},
     )
-    dense.add_argument(
-        "--pooling",
-        choices=["mean", "cls"],
+    index: str = field(
+        default="flat", metadata={"help": "Dense: FAISS index type.", "choices": ["flat", "hnsw", "ivf"]}
+    )
+    family: str | None = field(
         default=None,
-        help="Pooling (default: the family's; bge: cls, else mean).",
+        metadata={
+            "help": "Dense: encoder family, as Search-R1's --retrieval_method; sets prefixes and pooling (default: "
+            "from the model name).",
+            "choices": ["e5", "bge", "contriever", "jina", "none"],
+        },
     )
-    dense.add_argument(
-        "--query-prefix", default=None, help="Prefix for queries (default: the family's; e5: 'query: ')."
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "Dense: pooling (default: the family's; bge: cls, else mean).", "choices": ["mean", "cls"]},
     )
-    dense.add_argument(
-        "--passage-prefix", default=None, help="Prefix for passages (default: the family's; e5: 'passage: ')."
+    query_prefix: str | None = field(
+        default=None, metadata={"help": "Dense: prefix for queries (default: the family's; e5: 'query: ')."}
     )
-    dense.add_argument("--max-length", type=int, default=256, help="Tokens per text (default: 256).")
-    dense.add_argument(
-        "--dtype",
-        choices=["float32", "float16", "bfloat16"],
+    passage_prefix: str | None = field(
+        default=None, metadata={"help": "Dense: prefix for passages (default: the family's; e5: 'passage: ')."}
+    )
+    max_length: int = field(default=256, metadata={"help": "Dense: tokens per text."})
+    dtype: str = field(
         default="float32",
-        help="Encoder precision (Search-R1's build script uses float16 on GPU).",
+        metadata={
+            "help": "Dense: encoder precision (Search-R1's build script uses float16 on GPU).",
+            "choices": ["float32", "float16", "bfloat16"],
+        },
     )
-    dense.add_argument("--batch-size", type=int, default=128, help="Texts per encoder forward pass.")
-    dense.add_argument("--device", default=None, help="Encoder device (default: cuda if available).")
-    dense.add_argument("--ef-search", type=int, default=128, help="HNSW efSearch saved with the index.")
-    dense.add_argument("--nlist", type=int, default=1024, help="IVF lists.")
-    dense.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query.")
-    dense.add_argument(
-        "--faiss-index",
-        help="Adopt an existing FAISS index file built from --corpus (e.g. Search-R1's e5_Flat.index) instead of encoding.",
+    batch_size: int = field(default=128, metadata={"help": "Dense: texts per encoder forward pass."})
+    device: str | None = field(default=None, metadata={"help": "Dense: encoder device (default: cuda if available)."})
+    ef_search: int = field(default=128, metadata={"help": "Dense: HNSW efSearch saved with the index."})
+    nlist: int = field(default=1024, metadata={"help": "Dense: IVF lists."})
+    nprobe: int = field(default=32, metadata={"help": "Dense: IVF lists visited per query."})
+    faiss_index: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dense: adopt an existing FAISS index file built from --corpus (e.g. Search-R1's e5_Flat.index) "
+            "instead of encoding."
+        },
     )
 
+    def __post_init__(self):
+        if (self.kind == "dense" or self.faiss_index) and not self.encoder:
+            raise ValueError("A dense index needs --encoder (e.g. --encoder intfloat/e5-base-v2).")
 
-def run(args: argparse.Namespace) -> int:
+
+ARGUMENTS = IndexArguments
+
+
+def run(args: IndexArguments) -> int:
     from trl_search.indexing import Interrupted, exit_cleanly_on_signals
 
     # Errors a user can act on are printed without a traceback; SIGTERM/SIGINT clean up before exiting.
@@ -103,14 +124,12 @@ def run(args: argparse.Namespace) -> int:
             raise
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: IndexArguments) -> int:
     from trl_search.indexing import adopt_faiss_index, build_index
 
     started = time.time()
     checks = {"on_bad_text": args.on_bad_text, "allow_duplicate_ids": args.allow_duplicate_ids}
     if args.kind == "dense" or args.faiss_index:
-        if not args.encoder:
-            raise SystemExit("A dense index needs --encoder (e.g. --encoder intfloat/e5-base-v2).")
         encoder_options = {
             "family": args.family,
             "pooling": args.pooling,
