@@ -2,72 +2,78 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--retriever", required=True, help="Index directory (from `trl-search index`) or http(s) URL.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1, this machine only).")
-    parser.add_argument("--port", type=int, default=8000, help="Port (default: 8000, as Search-R1).")
-    parser.add_argument(
-        "--topk", type=int, default=3, help="Passages per query when a request's topk is missing, null or 0."
+@dataclass
+class ServeArguments:
+    """Options of `trl-search serve`. Multi-word options take `_` or `-` (`--max_topk`, `--max-topk`), and
+    `--config x.yaml` reads them from a file.
+
+    Example:
+        >>> from trl import TrlParser
+        >>> (args,) = TrlParser(ServeArguments).parse_args_and_config(["--retriever", "indexes/wiki-bm25"])
+        >>> args.host, args.port, args.topk
+        ('127.0.0.1', 8000, 3)
+    """
+
+    retriever: str = field(metadata={"help": "Index directory (from `trl-search index`) or http(s) URL."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (127.0.0.1: this machine only)."})
+    port: int = field(default=8000, metadata={"help": "Port (8000, as Search-R1)."})
+    topk: int = field(default=3, metadata={"help": "Passages per query when a request's topk is missing, null or 0."})
+    max_queries: int = field(default=4096, metadata={"help": "Queries per request (more: HTTP 422)."})
+    max_query_chars: int = field(default=4096, metadata={"help": "Characters per query (more: HTTP 422)."})
+    max_topk: int = field(
+        default=100, metadata={"help": "Largest topk served; a larger one is clamped (X-Topk-Clamped header)."}
     )
-    parser.add_argument("--max-queries", type=int, default=4096, help="Queries per request (more: HTTP 422).")
-    parser.add_argument("--max-query-chars", type=int, default=4096, help="Characters per query (more: HTTP 422).")
-    parser.add_argument(
-        "--max-topk",
-        type=int,
-        default=100,
-        help="Largest topk served; a larger one is clamped (X-Topk-Clamped header).",
-    )
-    parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="Request body size limit.")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="How long a batch waits for more requests.")
-    parser.add_argument(
-        "--max-batch-queries",
-        type=int,
+    max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={"help": "Request body size limit."})
+    batch_wait_ms: float = field(default=2.0, metadata={"help": "How long a batch waits for more requests."})
+    max_batch_queries: int = field(
         default=512,
-        help="Queries per retriever call; larger requests are split and interleaved with others (fairness).",
+        metadata={
+            "help": "Queries per retriever call; larger requests are split and interleaved with others (fairness)."
+        },
     )
-    parser.add_argument(
-        "--max-queued-queries", type=int, default=65536, help="Queries waiting to be searched; beyond: 503."
+    max_queued_queries: int = field(default=65536, metadata={"help": "Queries waiting to be searched; beyond: 503."})
+    request_timeout: float = field(
+        default=300.0, metadata={"help": "Seconds after which a request's unsearched work is dropped."}
     )
-    parser.add_argument(
-        "--request-timeout",
-        type=float,
-        default=300.0,
-        help="Seconds after which a request's unsearched work is dropped.",
-    )
-    parser.add_argument(
-        "--search-threads",
-        type=int,
+    search_threads: int = field(
         default=1,
-        help="Batches searched at once (helps retrievers that release the GIL: bm25s numba, FAISS).",
+        metadata={"help": "Batches searched at once (helps retrievers that release the GIL: bm25s numba, FAISS)."},
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
+    workers: int = field(
         default=1,
-        help="Server processes sharing the port, each with its own copy of the retriever (use --mmap for BM25).",
+        metadata={
+            "help": "Server processes sharing the port, each with its own copy of the retriever (use --mmap for BM25)."
+        },
     )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="Check the whole index against its manifest's checksums before serving (slow for large indexes).",
+    verify: bool = field(
+        default=False,
+        metadata={"help": "Check the whole index against its manifest's checksums before serving (slow if large)."},
     )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("TRL_SEARCH_TOKEN"),
-        help="Require this bearer token (default: $TRL_SEARCH_TOKEN).",
+    token: str | None = field(
+        default_factory=lambda: os.environ.get("TRL_SEARCH_TOKEN"),
+        metadata={"help": "Require this bearer token (default: $TRL_SEARCH_TOKEN)."},
     )
-    parser.add_argument("--cache", type=int, default=0, help="Cache this many recent queries (0: off).")
-    parser.add_argument("--mmap", action="store_true", help="BM25: memory-map the index instead of loading it.")
-    parser.add_argument("--device", default=None, help="Dense: search device (cpu, cuda; default: cuda if available).")
-    parser.add_argument("--threads", type=int, default=1, help="BM25 (bm25s): query threads (-1: all cores).")
+    cache: int = field(default=0, metadata={"help": "Cache this many recent queries (0: off)."})
+    mmap: bool = field(default=False, metadata={"help": "BM25: memory-map the index instead of loading it."})
+    device: str | None = field(
+        default=None, metadata={"help": "Dense: search device (cpu, cuda; default: cuda if available)."}
+    )
+    threads: int = field(default=1, metadata={"help": "BM25 (bm25s): query threads (-1: all cores)."})
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1; got {self.workers}.")
 
 
-def _load_options(args: argparse.Namespace) -> dict:
+ARGUMENTS = ServeArguments
+
+
+def _load_options(args: ServeArguments) -> dict:
     """The options `load_retriever` gets for the index kind named in the directory's manifest."""
     from trl_search.retrievers.manifest import read_manifest
 
@@ -86,15 +92,13 @@ def _load_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ServeArguments) -> int:
     import json
     from dataclasses import asdict
 
     from trl_search.retrievers import CachedRetriever, InvalidIndexError, load_retriever
     from trl_search.server import WORKER_SPEC_ENV, ServerConfig, serve
 
-    if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1; got {args.workers}.")
     try:
         config = ServerConfig(
             default_topk=args.topk,
