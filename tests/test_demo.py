@@ -17,7 +17,7 @@ from trl_search.demo import (
     teacher_rollout,
 )
 from trl_search.demo_report import results_table
-from trl_search.demo_task import ONE_HOP, Plan, TeacherGenerator, TeacherSkill, make_plans
+from trl_search.demo_task import Plan, TeacherGenerator, TeacherSkill, make_plans
 
 
 @pytest.fixture(scope="module")
@@ -85,34 +85,21 @@ def test_demonstrations_come_from_the_rollout_with_labels_on_policy_tokens(toy_r
 
 
 def test_copy_probe_scores_what_the_answerer_writes(toy_results):
+    from trl_search.rewards import exact_match_reward
+
     pipeline, _, _ = toy_results
     questions = pipeline.world.dev_questions
+    golds = [question["golden_answers"] for question in questions]
     perfect = make_plans(questions, TeacherSkill.perfect(), pipeline.world.answer_pool, seed=0)
+    wrong = TeacherGenerator(pipeline.tokenizer, [Plan(plan.question, "guess", "Nobody Here") for plan in perfect])
     with deterministic_torch(1):
         _, output = teacher_rollout(
-            questions,
-            perfect,
-            pipeline.retriever,
-            pipeline.tokenizer,
-            pipeline.config,
-            TeacherGenerator(pipeline.tokenizer, perfect),
+            questions, perfect, pipeline.retriever, pipeline.tokenizer, pipeline.config, answerer=wrong
         )
-        assert [sample.answered for sample in output.samples] == [True] * len(questions)
-        wrong = [Plan(plan.question, "guess", "Nobody Here") for plan in perfect]
-        _, output = teacher_rollout(
-            questions,
-            perfect,
-            pipeline.retriever,
-            pipeline.tokenizer,
-            pipeline.config,
-            TeacherGenerator(pipeline.tokenizer, wrong),
-        )
+        rates = pipeline.copy_rate(pipeline.model)
     texts = [pipeline.tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
-    assert all(text.endswith("<answer> Nobody Here </answer>") for text in texts)
-    assert [sample.num_searches for sample in output.samples] == [
-        1 if question["type"] == ONE_HOP else 2 for question in questions
-    ]
-    rates = pipeline.copy_rate(pipeline.model)
+    assert all(text.endswith("Nobody Here </answer>") for text in texts)
+    assert exact_match_reward(texts, golds) == [0.0] * len(questions)
     assert set(rates) == {"all", "one_hop", "two_hop"} and all(0.0 <= rate <= 1.0 for rate in rates.values())
 
 

@@ -131,6 +131,32 @@ def test_teacher_skill_draws_and_validates(world):
         TeacherSkill(chain=0.7, shortcut=0.5)
 
 
+class _Completer:
+    """A stand-in for a model that copies perfectly: it continues the teacher's forced turn start with the rest of the
+    perfect teacher's turn, and records each start it was given."""
+
+    def __init__(self, tokenizer, plans):
+        self.tokenizer, self.teacher, self.continued = tokenizer, TeacherGenerator(tokenizer, plans), []
+
+    def generate(self, contexts, max_new_tokens, stop_strings):
+        from trl_search.generation import GeneratedTurn
+
+        turns = []
+        for context in contexts:
+            text = self.tokenizer.decode(context, skip_special_tokens=True)
+            done = text.rfind("</information>\n\n")
+            start = text[done + len("</information>\n\n") :] if done != -1 else text[text.index("\n") + 1 :]
+            self.continued.append(start)
+            prompt_end = text.index("\n") + 1
+            observations = self.teacher._observations(text[prompt_end:])
+            full = teacher_turn(self.teacher.plans[text[:prompt_end]], observations)
+            assert full.startswith(start)
+            turns.append(
+                GeneratedTurn(self.tokenizer(full[len(start) :], add_special_tokens=False)["input_ids"], stopped=True)
+            )
+        return turns
+
+
 def test_teacher_plays_inside_the_real_rollout(world, retriever):
     from trl_search.data import tokenize_prompts
     from trl_search.offline_models import build_tokenizer
@@ -150,12 +176,12 @@ def test_teacher_plays_inside_the_real_rollout(world, retriever):
         # the observations are the rollout's own (mask 0); the teacher wrote only the policy turns (mask 1)
         policy = tokenizer.decode([t for t, m in zip(sample.completion_ids, sample.env_mask) if m])
         assert "<information>" not in policy and policy.count("<search>") == sample.num_searches
-    # with an answerer, the teacher searches and the answerer writes the answers
-    wrong = [Plan(plan.question, "guess", "Ka Lo") for plan in plans]
-    probe = TeacherGenerator(tokenizer, plans, answerer=TeacherGenerator(tokenizer, wrong))
-    output = rollout.run(prompts, probe)
-    assert [sample.num_searches for sample in output.samples] == [1 if q["type"] == ONE_HOP else 2 for q in questions]
+    # with an answerer, the teacher decides each action and writes it up to its first name; the answerer continues
+    completer = _Completer(tokenizer, plans)
+    output = rollout.run(prompts, TeacherGenerator(tokenizer, plans, answerer=completer))
     texts = [tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
-    assert all(text.endswith("<answer> Ka Lo </answer>") for text in texts)
+    assert exact_match_reward(texts, [question["golden_answers"] for question in questions]) == [1.0] * len(questions)
+    assert {prefix.split(" ")[0] for prefix in completer.continued} == {"<search>", "<answer>"}
+    assert all(prefix == "<answer>" or prefix.count(" ") == 1 for prefix in completer.continued)
     with pytest.raises(ValueError, match="one plan per distinct question"):
         TeacherGenerator(tokenizer, plans + plans[:1])

@@ -89,22 +89,23 @@ class DemoConfig:
     num_test_lands: int = field(default=40, metadata={"help": "Lands of the held-out questions."})
     # tokenizer and model
     vocab_size: int = field(default=800, metadata={"help": "BPE vocabulary: every invented word becomes one token."})
-    hidden_size: int = field(default=64, metadata={"help": "Width of the Qwen2 model."})
+    hidden_size: int = field(default=128, metadata={"help": "Width of the Qwen2 model."})
+    intermediate_size: int = field(default=256, metadata={"help": "Width of the model's MLP."})
     num_layers: int = field(default=2, metadata={"help": "Layers of the Qwen2 model."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads per layer."})
     # warm start
-    sft_max_steps: int = field(default=3000, metadata={"help": "Cap on warm-start steps."})
+    sft_max_steps: int = field(default=1500, metadata={"help": "Cap on warm-start steps."})
     sft_min_steps: int = field(default=200, metadata={"help": "Warm-start steps before the stop criterion counts."})
     sft_check_every: int = field(default=50, metadata={"help": "Warm-start steps between copy-rate checks."})
     sft_copy_threshold: float = field(
         default=0.9,
         metadata={
-            "help": "The warm start stops once the model, given the searches of a perfect teacher, answers this "
-            "share of validation questions right (it copies the answer from the observation)."
+            "help": "The warm start stops once the model answers this share of validation questions right when a "
+            "perfect teacher decides its actions and the model writes every name (in its queries and its answer)."
         },
     )
     sft_batch_size: int = field(default=32, metadata={"help": "Demonstrations per warm-start step."})
-    sft_learning_rate: float = field(default=3e-3, metadata={"help": "Warm-start learning rate (constant)."})
+    sft_learning_rate: float = field(default=6e-3, metadata={"help": "Warm-start learning rate (constant)."})
     sft_warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps of the warm start."})
     sft_observation_loss: bool = field(
         default=True,
@@ -122,7 +123,7 @@ class DemoConfig:
     )
     teacher: TeacherSkill = field(default_factory=TeacherSkill, metadata={"help": "How good the teacher is."})
     # RL
-    rl_steps: int = field(default=200, metadata={"help": "RL steps per run."})
+    rl_steps: int = field(default=100, metadata={"help": "RL steps per run."})
     rl_prompts_per_step: int = field(default=8, metadata={"help": "Questions per RL step."})
     num_generations: int = field(default=8, metadata={"help": "Completions per question (the GRPO group)."})
     rl_learning_rate: float = field(default=5e-4, metadata={"help": "RL learning rate (constant)."})
@@ -164,7 +165,7 @@ class DemoConfig:
     def quick(cls, **overrides) -> DemoConfig:
         """The README's first command (a few minutes on 2 CPU cores): a shorter RL run, and only the no-retrieval
         control."""
-        settings = dict(rl_steps=100, eval_every=20, runs=("rl_search", "rl_no_retrieval"))
+        settings = dict(rl_steps=60, eval_every=20, runs=("rl_search", "rl_no_retrieval"))
         return cls(**{**settings, **overrides})
 
     @classmethod
@@ -173,8 +174,8 @@ class DemoConfig:
         settings = dict(
             num_train_lands=100,
             num_test_lands=20,
-            rl_steps=60,
-            eval_every=60,
+            rl_steps=30,
+            eval_every=30,
             runs=("rl_search",),
             progress=False,
         )
@@ -402,6 +403,7 @@ class DemoPipeline:
         self.model = build_model(
             self.tokenizer,
             hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
             max_position_embeddings=512,
@@ -448,8 +450,9 @@ class DemoPipeline:
         return rows
 
     def copy_rate(self, model) -> dict:
-        """Validation probe: the teacher searches perfectly, the model writes the answers (greedy); returns the share
-        answered right, over all validation questions and per type."""
+        """Validation probe: a perfect teacher decides every action, the model writes every name (greedy): the land
+        or value in each query and the answer. Returns the share answered right, over all validation questions and
+        per type."""
         from .generation import TransformersGenerator
         from .rewards import exact_match_reward
 
@@ -633,7 +636,7 @@ class DemoPipeline:
         from .demo_report import results_table, write_report
 
         config = self.config
-        start = time.perf_counter()
+        start, load_start = time.perf_counter(), os.getloadavg()[0]
         with deterministic_torch(config.num_threads):
             with self.display.status("building the world, the tokenizer and the model"):
                 self.build()
@@ -646,6 +649,7 @@ class DemoPipeline:
                 self.results["timings"][run] = out["seconds"]
                 self.display.stage_done(RL_RUNS[run][0], out["final"])
         self.results["timings"]["total"] = time.perf_counter() - start
+        self.results["machine"] = _machine(load_start)
         self.results["table"] = results_table(self.results)
         write_report(self.results, config.output_dir)
         return self.results
@@ -690,6 +694,19 @@ class _EvalCurve(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self._measure(state.global_step, model)
+
+
+def _machine(load_start: float) -> dict:
+    """What the wall times were measured on: CPUs, and the 1-minute load average at the start and the end (a load
+    above the CPU count means other processes shared them)."""
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_start": round(load_start, 2),
+        "load_average_end": round(os.getloadavg()[0], 2),
+    }
 
 
 def _greedy(model):
@@ -762,7 +779,7 @@ def run_demo(config: DemoConfig, command: str | None = None, display=None) -> di
         )
         for seed in seeds
     ]
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     per_seed = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
     with display.status(f"running seeds {seeds[0]}..{seeds[-1]} in {config.workers} process(es)"):
@@ -772,5 +789,6 @@ def run_demo(config: DemoConfig, command: str | None = None, display=None) -> di
                 display.seed_done(seed_config.seed, result)
     results = aggregate_seeds(config, per_seed, time.perf_counter() - start)
     results["command"] = command
+    results["machine"] = _machine(load_start)
     write_report(results, config.output_dir)
     return results

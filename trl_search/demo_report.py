@@ -252,6 +252,14 @@ def results_markdown(results: dict, command: str | None = None) -> str:
         f"{config['num_generations']} completions, up to {config['max_turns']} searches, top-"
         f"{config['retrieval_top_k']} BM25 passage."
     )
+    machine = results.get("machine")
+    if machine:
+        parts += [
+            "",
+            f"Measured on {machine['cpus']} CPU cores ({machine['processor']}); 1-minute load average "
+            f"{machine['load_average_start']} at the start, {machine['load_average_end']} at the end (above "
+            f"{machine['cpus']}: other processes shared the cores).",
+        ]
     if timings:
         spent = "; ".join(f"{name} {_seconds(value)}" for name, value in timings.items() if name != "all_seeds")
         parts += ["", f"Wall time per seed: {spent}."]

@@ -94,6 +94,7 @@ TWO_HOP_PER_LAND = 2
 PROMPT_TEMPLATE = "Question: {question}\n"
 _NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 _FACT = re.compile(rf"of ({_NAME}) is ({_NAME})\.")  # what a reader finds in a passage: (land, value)
+_BEFORE_NAME = re.compile(r"<answer>|<search> [a-z]+")  # a teacher's turn up to its first name
 
 
 @dataclass
@@ -362,8 +363,10 @@ class TeacherGenerator:
     """A `TurnGenerator` that writes the teacher's turns inside the real `SearchRollout`, reading the observations the
     rollout injected, so that demonstrations are tokenised exactly as the policy's own trajectories.
 
-    With `answerer` (another `TurnGenerator`, e.g. the model's), the teacher runs the searches and the answerer writes
-    every answer turn: the probe of how well a model copies the answer from what it retrieved.
+    With `answerer` (another `TurnGenerator`, e.g. the model's), the teacher decides every action and the answerer
+    writes every name: the teacher writes the start of each turn up to its first name (`<search> capital`,
+    `<answer>`) and the answerer continues it. The probe of how well a model copies names (from the question into a
+    query, from a passage into the next query or the answer) without its own search decisions.
 
     Example:
         >>> rollout = SearchRollout(retriever, tokenizer, max_turns=2)  # doctest: +SKIP
@@ -390,18 +393,21 @@ class TeacherGenerator:
     def generate(self, contexts, max_new_tokens, stop_strings):
         from .generation import GeneratedTurn
 
-        turns, to_answer = [], []
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        turns, forced = [], []
         for index, context in enumerate(contexts):
             text = self.tokenizer.decode(context, skip_special_tokens=True)
             prompt_end = text.index("\n") + 1
             turn = teacher_turn(self.plans[text[:prompt_end]], self._observations(text[prompt_end:]))
-            if self.answerer is not None and turn.startswith("<answer>"):
-                to_answer.append(index)
-            turns.append(GeneratedTurn(self.tokenizer(turn, add_special_tokens=False)["input_ids"], stopped=True))
-        if to_answer:
-            answers = self.answerer.generate(
-                [contexts[index] for index in to_answer], [max_new_tokens[index] for index in to_answer], stop_strings
+            turns.append(GeneratedTurn(encode(turn), stopped=True))
+            if self.answerer is not None:
+                forced.append((index, encode(_BEFORE_NAME.match(turn).group(0))))
+        if forced:
+            continued = self.answerer.generate(
+                [contexts[index] + prefix for index, prefix in forced],
+                [max(1, max_new_tokens[index] - len(prefix)) for index, prefix in forced],
+                stop_strings,
             )
-            for index, answer in zip(to_answer, answers):
-                turns[index] = answer
+            for (index, prefix), turn in zip(forced, continued):
+                turns[index] = GeneratedTurn(prefix + list(turn.token_ids), stopped=turn.stopped)
         return turns
