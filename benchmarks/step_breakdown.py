@@ -430,6 +430,41 @@ def interleaved(args, workload, retriever, model: str, seed: int) -> list[dict]:
     return [run.result() for run in runs]
 
 
+def rollouts_only(args, workload, retriever, model_dir: str, seed: int, repeats: int) -> list[tuple[float, float]]:
+    """Our rollout alone (no training), with the key/value cache reused across turns and rebuilt every turn, in
+    alternation: (reused, rebuilt) seconds per pair. Same trajectories in both (the paced policy forces them)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from trl_search.generation import TransformersGenerator
+    from trl_search.rollout import SearchRollout
+
+    _, dataset, tokenizer = workload
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=args.dtype).to(args.device).eval()
+    questions = [row.split("Question: ")[-1].strip() for row in dataset["prompt"]]
+    answers = [golds[0] for golds in dataset["golden_answers"]]
+    paced = PacedPolicy(tokenizer, questions, answers, tuple(args.think_tokens), tuple(args.searches), seed)
+    clock, stats = Clock(args.device), GenerationStats()
+    pace_generate(model, paced, stats, paced, clock)
+    prompts = [tokenizer(text)["input_ids"] for text in dataset["prompt"][: args.prompts] for _ in range(args.group)]
+    rollout = SearchRollout(retriever, tokenizer, max_turns=args.max_turns, retrieval_top_k=3, max_obs_length=500,
+                            max_tokens_per_turn=args.max_tokens_per_turn,
+                            max_completion_length=args.max_completion_length)  # fmt: skip
+    config = GenerationConfig(do_sample=True, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
+    pairs = []
+    for _ in range(repeats + 1):  # the first pair warms up
+        seconds = []
+        for reuse in (True, False):
+            generator = TransformersGenerator(model, tokenizer, config, eos_token_ids=[tokenizer.eos_token_id],
+                                              reuse_cache=reuse)  # fmt: skip
+            clock.sync()
+            start = time.perf_counter()
+            rollout.run(prompts, generator)
+            clock.sync()
+            seconds.append(time.perf_counter() - start)
+        pairs.append(tuple(seconds))
+    return pairs[1:]
+
+
 def median_phases(result: dict) -> dict[str, float]:
     keys = ("step", *PHASES)
     return {key: statistics.median(step[key] for step in result["steps"]) for key in keys}
@@ -508,6 +543,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory_cap_gib", type=float, default=None,
                         help="cap this process's GPU memory, e.g. 24 to find what fits a 24 GB card")  # fmt: skip
     parser.add_argument("--no_stock", action="store_true", help="time our trainer only")
+    parser.add_argument("--rollouts_only", action="store_true",
+                        help="time our rollout alone, cache reused vs rebuilt, alternating; --steps pairs per seed")  # fmt: skip
     parser.add_argument("--interleave", action="store_true",
                         help="build every trainer first, then alternate their timed steps (fair under a varying load)")  # fmt: skip
     parser.add_argument("--compare_reuse", action="store_true",
@@ -537,6 +574,17 @@ def main(argv=None) -> list[dict]:
         print(f"GPU memory capped at {args.memory_cap_gib} GiB of {total / 2**30:.0f} GiB")
     workload = build_workload(args)
     retriever = build_retriever(args, workload[0])
+    if args.rollouts_only:
+        print(
+            "\n| seed | rollout s, cache reused (median) | rebuilt every turn (median) | reused / rebuilt, per pair |"
+        )
+        print("|---|---|---|---|")
+        for seed in args.seeds:
+            pairs = rollouts_only(args, workload, retriever, save_model(args, workload[2], seed), seed, args.steps)
+            ratios = ", ".join(f"{a / b:.2f}" for a, b in pairs)
+            print(f"| {seed} | {statistics.median(a for a, _ in pairs):.2f} | "
+                  f"{statistics.median(b for _, b in pairs):.2f} | {ratios} |", flush=True)  # fmt: skip
+        return []
     results = []
     for seed in args.seeds:
         model = save_model(args, workload[2], seed)
