@@ -100,13 +100,17 @@ def main():
     print(f"{args.vectors:,} x {args.dim}, device {args.device}, {args.threads} thread(s), batch {args.batch}")
 
     gpu = args.device.startswith("cuda")
-    rows, peaks = {}, []
+    rows, peaks, shape = {}, [], []
     for seed in args.seeds:
         vectors = synthetic_vectors(args.vectors, args.dim, seed, args.device)
         queries = make_queries(vectors, args.queries, seed)
         # Ground truth in float32 (fp16 queries would round the truth itself); timed as the exact baseline.
         exact = TorchExactIndex.from_vectors(vectors, devices=[args.device], dtype=torch.float32)
-        truth_scores, truth_ids = exact.search(queries, 3)
+        truth_scores, truth_ids = exact.search(queries, 4)
+        sample = np.asarray(vectors[:2000], dtype=np.float32)
+        shape.append((float((sample[:1000] @ sample[1000:].T).mean()), float(truth_scores[:, 0].mean()),
+                      float((truth_scores[:, 2] - truth_scores[:, 3]).mean())))  # fmt: skip
+        truth_scores, truth_ids = truth_scores[:, :3], truth_ids[:, :3]
         exact_ms = timed(lambda q, exact=exact: exact.search(q, 3), queries, args.batch, args.repeats, args.device)
         rows.setdefault("exact (torch, float32)", []).append((1.0, exact_ms))
         exact_bytes = sum(shard.numel() * shard.element_size() for shard in exact.shards)
@@ -136,6 +140,9 @@ def main():
         recalls, times = [r for r, _ in values], [ms for _, ms in values]
         print(f"| {name} | {statistics.mean(recalls):.4f} ({min(recalls):.4f}-{max(recalls):.4f}) | "
               f"{statistics.mean(times):.0f} | {statistics.mean(times) / exact_ms:.2f}x |")  # fmt: skip
+    print(f"\ndata: unrelated pairs' cosine {statistics.mean(s[0] for s in shape):.3f}, best hit "
+          f"{statistics.mean(s[1] for s in shape):.3f}, 3rd - 4th best {statistics.mean(s[2] for s in shape):.4f} "
+          "(means)")  # fmt: skip
     if peaks:
         print(f"\npeak GPU memory while building and searching the int8 index: {max(peaks) / 2**30:.2f} GiB")
     print(f"\nmemory here: exact index {exact_bytes / 2**20:.0f} MiB, int8 codes {codes_bytes / 2**20:.0f} MiB "

@@ -115,7 +115,7 @@ if [ "$ONE_GPU" -eq 1 ]; then
   echo "=== trl-search one-GPU check (issue 14) ==="
   for stage in lora-ckpt-24g quantized-21m full-ckpt lora-24g full; do
     echo "--- $stage: $(cat "$RESULTS/$stage.status" 2>/dev/null || echo 'not run')"
-    grep -E '^(\||shape=|per completion|GPU memory capped|peak GPU|memory here|wiki-18|[0-9,]+ x )' \
+    grep -E '^(\||shape=|per completion|GPU memory capped|peak GPU|memory here|wiki-18|data:|[0-9,]+ x )' \
       "$RESULTS/$stage.log" 2>/dev/null || true
   done
   note "done in $((SECONDS - START))s; logs in $RESULTS"

@@ -79,3 +79,13 @@ def test_dimensions_the_int8_kernel_cannot_take_fall_back_to_the_float_scan():
 def test_memory_formula_for_wiki18():
     memory = Int8RescoredIndex.memory_bytes(21_015_324, 768)
     assert memory["int8 codes"] == 21_015_324 * 768 and memory["fp16 vectors"] == 2 * memory["int8 codes"]
+
+
+def test_memory_mapped_and_fp16_vectors_stay_where_they_are(tmp_path):
+    vectors, queries = clustered(2_000, 32)
+    np.save(tmp_path / "vectors.npy", vectors.astype(np.float16))
+    mapped = np.load(tmp_path / "vectors.npy", mmap_mode="r")
+    index = Int8RescoredIndex.from_vectors(mapped, device="cpu")
+    assert index.vectors is mapped  # re-scoring reads the file, no copy in memory
+    _, truth_ids = TorchExactIndex.from_vectors(mapped, devices=["cpu"]).search(queries, 3)
+    assert (index.search(queries, 3)[1] == truth_ids).mean() >= 0.99

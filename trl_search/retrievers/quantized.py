@@ -71,12 +71,11 @@ class Int8RescoredIndex:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         n, d = vectors.shape
 
-        def chunks():  # float32 copies of the rows, on the device
+        def chunks():  # float32 rows on the device; fp16 or float32 input is copied as is and converted there
             for start in range(0, n, chunk_rows):
-                yield (
-                    start,
-                    torch.from_numpy(np.asarray(vectors[start : start + chunk_rows], dtype=np.float32)).to(device),
-                )
+                rows = np.asarray(vectors[start : start + chunk_rows])
+                rows = rows if rows.dtype in (np.float16, np.float32) else rows.astype(np.float32)
+                yield start, torch.from_numpy(np.array(rows)).to(device).float()
 
         low = torch.full((d,), float("inf"), device=device)
         high = torch.full((d,), float("-inf"), device=device)
