@@ -100,7 +100,7 @@ if [ "$ONE_GPU" -eq 1 ]; then
   fi
   SB=benchmarks/step_breakdown.py
   # 1. The 24 GB recipe: LoRA + checkpointing under a 24 GiB cap, ours (with and without cache reuse) vs stock
-  run_stage lora-ckpt-24g 260 "${DEVICE_ENV[@]}" "$PYTHON" "$SB" "${BREAKDOWN[@]}" --lora --gradient_checkpointing \
+  run_stage lora-ckpt-24g 300 "${DEVICE_ENV[@]}" "$PYTHON" "$SB" "${BREAKDOWN[@]}" --lora --gradient_checkpointing \
     "${CAP[@]}" --compare_reuse --json "$RESULTS/lora-ckpt-24g.json"
   # 2. The retriever beside it: int8 codes of 21M x 768 vectors, recall@3 against float32 exact search
   run_stage quantized-21m 200 "${DEVICE_ENV[@]}" "$PYTHON" benchmarks/bench_quantized_search.py "${QUANT[@]}"
