@@ -68,7 +68,7 @@ def test_demonstrations_come_from_the_rollout_with_labels_on_policy_tokens(toy_r
         prompt_ids, output = teacher_rollout(questions, plans, pipeline.retriever, pipeline.tokenizer, config)
     tokenizer = pipeline.tokenizer
     masked = demonstration_rows(prompt_ids, output.samples, observation_loss=False)
-    drills = demonstration_rows(prompt_ids, output.samples, observation_loss=False, answer_only=True)
+    drills = demonstration_rows(prompt_ids, output.samples, observation_loss=False, tokenizer=tokenizer)
     for row, drill, sample, question in zip(masked, drills, output.samples, questions):
         learnt = tokenizer.decode([token for token, label in zip(row["input_ids"], row["labels"]) if label != -100])
         assert "<information>" not in learnt and learnt.count("<search>") == sample.num_searches
@@ -76,7 +76,12 @@ def test_demonstrations_come_from_the_rollout_with_labels_on_policy_tokens(toy_r
         drilled = tokenizer.decode(
             [token for token, label in zip(drill["input_ids"], drill["labels"]) if label != -100]
         )
-        assert drilled == f"<answer> {question['golden_answers'][0]} </answer>"
+        # a drill teaches the names only: never the start of a turn (the action, the query's first word)
+        assert "<search>" not in drilled and "<answer>" not in drilled and "capital" not in drilled
+        assert drilled.endswith(f" {question['golden_answers'][0]} </answer>")
+        assert drilled.startswith(
+            " " + (question["land"] if question["type"] == "one_hop" else question["bridge_value"])
+        )
     full = demonstration_rows(prompt_ids, output.samples, observation_loss=True)
     assert all(a["input_ids"] == b["input_ids"] for a, b in zip(full, masked))
     assert sum(label != -100 for row in full for label in row["labels"]) > sum(

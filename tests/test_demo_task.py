@@ -73,7 +73,7 @@ def test_two_hop_questions_name_the_land_only_through_another_fact(world):
 def test_careful_queries_find_the_fact_and_lazy_ones_a_distractor(world, retriever):
     lands = {land.name for land in world.lands}
     for attribute in ATTRIBUTES:
-        top = retriever.search([attribute.noun], k=1)[0][0]
+        top = retriever.search([attribute.lazy_query], k=1)[0][0]
         assert top.title not in lands and read_fact(top.contents) is None  # a distractor, with no answer in it
     for question in world.test_questions:
         if question["type"] == ONE_HOP:  # one search finds the answer
@@ -92,7 +92,7 @@ def test_teacher_turns():
     passage = "Doc 1(Title: Vor Lak) The river of Vor Lak is Zum Bro."
     assert teacher_turn(Plan(one_hop, "good", "Ka Lo"), []) == "<search> river Vor Lak </search>"
     assert teacher_turn(Plan(one_hop, "good", "Ka Lo"), [passage]) == "<answer> Zum Bro </answer>"
-    assert teacher_turn(Plan(one_hop, "lazy", "Ka Lo"), []) == "<search> river </search>"
+    assert teacher_turn(Plan(one_hop, "lazy", "Ka Lo"), []) == "<search> which river flows </search>"
     assert (
         teacher_turn(Plan(one_hop, "lazy", "Ka Lo"), ["Doc 1(Title: River) Rivers flow."])
         == "<answer> Ka Lo </answer>"

@@ -118,7 +118,8 @@ class DemoConfig:
         default=True,
         metadata={
             "help": "Add reading drills to the warm start: a perfect teacher's trajectories with loss on the "
-            "observations and the final answer only (copying practice; no search decision is learnt from them)."
+            "observations and on the names in its queries and answer only (copying practice; no search decision, "
+            "which query or whether to search again, is learnt from them)."
         },
     )
     teacher: TeacherSkill = field(default_factory=TeacherSkill, metadata={"help": "How good the teacher is."})
@@ -261,35 +262,39 @@ def teacher_rollout(questions, plans, retriever, tokenizer, config: DemoConfig, 
     return prompt_ids, rollout.run(prompt_ids, generator, golden_answers=golds)
 
 
-def demonstration_rows(prompt_ids, samples, observation_loss: bool, answer_only: bool = False) -> list[dict]:
+def demonstration_rows(prompt_ids, samples, observation_loss: bool, tokenizer=None) -> list[dict]:
     """SFT rows from rollout samples: the prompt carries no loss; policy tokens (mask 1) do; injected tokens do only
-    with `observation_loss`. With `answer_only`, of the policy tokens only the last turn (the answer) carries loss:
-    a reading drill, which teaches copying an answer without teaching how to search.
+    with `observation_loss`. With a `tokenizer`, the rows are reading drills: of each policy turn only what follows
+    its first words carries loss (` Vor Lak </search>` after `<search> capital`, ` Zum Bro </answer>` after
+    `<answer>`), which teaches copying names without teaching which action to take.
 
     Example:
         >>> from trl_search.rollout import SampleTrajectory
         >>> sample = SampleTrajectory([1, 2], completion_ids=[3, 4, 5, 6], env_mask=[1, 0, 1, 0])
         >>> demonstration_rows([[1, 2]], [sample], observation_loss=False)
         [{'input_ids': [1, 2, 3, 4, 5, 6], 'labels': [-100, -100, 3, -100, 5, -100]}]
-        >>> demonstration_rows([[1, 2]], [sample], observation_loss=False, answer_only=True)[0]["labels"]
-        [-100, -100, -100, -100, 5, -100]
     """
+    from .demo_task import forced_start
+
     rows = []
     for prompt, sample in zip(prompt_ids, samples):
-        mask = list(sample.env_mask)
-        if answer_only:
-            last = len(mask) - 1
-            while last >= 0 and not mask[last]:  # the injected EOS after the answer
-                last -= 1
-            first = last
-            while first > 0 and mask[first - 1]:
-                first -= 1
-            mask = [2 if first <= index <= last else 0 if not value else -1 for index, value in enumerate(mask)]
-        labels = [
-            token if value > 0 or (value == 0 and observation_loss) else -100
-            for token, value in zip(sample.completion_ids, mask)
-        ]
-        rows.append({"input_ids": list(prompt) + sample.completion_ids, "labels": [-100] * len(prompt) + labels})
+        ids, mask = sample.completion_ids, sample.env_mask
+        learnt = [bool(value) or observation_loss for value in mask]
+        if tokenizer is not None:  # drills: unlearn each policy turn's start (the action), keep the names after it
+            index = 0
+            while index < len(ids):
+                if not mask[index]:
+                    index += 1
+                    continue
+                end = index
+                while end < len(ids) and mask[end]:
+                    end += 1
+                start = forced_start(tokenizer.decode(ids[index:end]))
+                skip = len(tokenizer(start, add_special_tokens=False)["input_ids"])
+                learnt[index : index + skip] = [False] * skip
+                index = end
+        labels = [token if keep else -100 for token, keep in zip(ids, learnt)]
+        rows.append({"input_ids": list(prompt) + list(ids), "labels": [-100] * len(prompt) + labels})
     return rows
 
 
@@ -427,9 +432,9 @@ class DemoPipeline:
 
     def demonstrations(self) -> list[dict]:
         """The warm start's rows: the imperfect teacher's trajectories on the training questions, and (with
-        `sft_reading_drills`) a perfect teacher's trajectories in which only the observations and the final answer
-        carry loss: practice at copying names, standing in for a pretrained LLM's reading skill, that teaches no
-        search decision."""
+        `sft_reading_drills`) a perfect teacher's trajectories in which only the observations and the names the
+        policy writes carry loss (see `demonstration_rows`): practice at copying names, standing in for a pretrained
+        LLM's reading skill, that teaches no search decision."""
         config = self.config
         questions = self.world.train_questions
         plans = make_plans(questions, config.teacher, self.world.answer_pool, config.seed)
@@ -446,7 +451,7 @@ class DemoPipeline:
         if config.sft_reading_drills:
             perfect = make_plans(questions, TeacherSkill.perfect(), self.world.answer_pool, config.seed)
             prompt_ids, output = teacher_rollout(questions, perfect, self.retriever, self.tokenizer, config)
-            rows += demonstration_rows(prompt_ids, output.samples, config.sft_observation_loss, answer_only=True)
+            rows += demonstration_rows(prompt_ids, output.samples, config.sft_observation_loss, self.tokenizer)
         return rows
 
     def copy_rate(self, model) -> dict:

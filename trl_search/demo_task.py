@@ -3,7 +3,8 @@
 Every land has four attributes (capital, river, founder, highest mountain) whose values are invented two-word names
 used nowhere else, so an answer cannot be guessed: it has to be found by searching and copied from a passage. Each
 fact is one short passage, `The capital of <land> is <value>.`, titled with the land's name. Distractor passages
-repeat the questions' wording without naming any land, so a lazy query (the attribute alone) retrieves no answer.
+repeat the questions' wording without naming any land, so a lazy query (the question's words without the land)
+retrieves no answer.
 
 Questions come in two types:
 - one-hop, `What is the capital of Vor Lak?`: search `capital Vor Lak`, copy the answer;
@@ -38,13 +39,15 @@ QUESTION_TYPES = (ONE_HOP, TWO_HOP)
 
 @dataclass(frozen=True)
 class Attribute:
-    """One kind of fact about a land: how a question asks for it, how its passage states it, and the noun that a
-    query names it by (a lazy searcher sends the noun alone)."""
+    """One kind of fact about a land: how a question asks for it, how its passage states it, the noun a careful query
+    names it by, and the lazy query of a careless searcher (the question's words, no name). The two queries start
+    with different words, so the choice between them is made before any name is written."""
 
     name: str
     question: str  # with {land}: a land's name, or "the land whose <noun> is <value>" in a two-hop question
     sentence: str  # with {land} and {value}; every sentence ends "... of {land} is {value}."
     noun: str
+    lazy_query: str
 
     def query(self, subject: str) -> str:
         """The query of a careful searcher: the noun and the land's name (or the known value, for the first hop).
@@ -57,11 +60,23 @@ class Attribute:
 
 
 ATTRIBUTES = (
-    Attribute("capital", "What is the capital of {land}?", "The capital of {land} is {value}.", "capital"),
-    Attribute("river", "Which river flows through {land}?", "The river of {land} is {value}.", "river"),
-    Attribute("founder", "Who founded {land}?", "The founder of {land} is {value}.", "founder"),
     Attribute(
-        "mountain", "What is the highest mountain of {land}?", "The highest mountain of {land} is {value}.", "mountain"
+        "capital",
+        "What is the capital of {land}?",
+        "The capital of {land} is {value}.",
+        "capital",
+        "what is the capital",
+    ),
+    Attribute(
+        "river", "Which river flows through {land}?", "The river of {land} is {value}.", "river", "which river flows"
+    ),
+    Attribute("founder", "Who founded {land}?", "The founder of {land} is {value}.", "founder", "who founded"),
+    Attribute(
+        "mountain",
+        "What is the highest mountain of {land}?",
+        "The highest mountain of {land} is {value}.",
+        "mountain",
+        "what is the highest mountain",
     ),
 )
 ATTRIBUTE = {attribute.name: attribute for attribute in ATTRIBUTES}
@@ -259,7 +274,7 @@ def read_fact(observation: str) -> tuple[str, str] | None:
 # --- The imperfect teacher -----------------------------------------------------------------------------------------
 
 # What the teacher does on a question:
-# - one-hop: "good" (search noun + land, answer what it reads), "lazy" (search the noun alone) or "guess" (answer
+# - one-hop: "good" (search noun + land, answer what it reads), "lazy" (search the question's words) or "guess" (answer
 #   without searching); after a lazy search it answers what it reads, which is nothing, so it guesses.
 # - two-hop: "chain" (both searches), "shortcut" (the first search, then answers the land's name it read) or "guess".
 BEHAVIOURS = {ONE_HOP: ("good", "lazy", "guess"), TWO_HOP: ("chain", "shortcut", "guess")}
@@ -348,7 +363,7 @@ def teacher_turn(plan: Plan, observations: Sequence[str]) -> str:
         return f"<answer> {plan.guess} </answer>"
     if question["type"] == ONE_HOP:
         if not observations:
-            query = target.query(question["land"]) if behaviour == "good" else target.noun
+            query = target.query(question["land"]) if behaviour == "good" else target.lazy_query
             return f"<search> {query} </search>"
         return f"<answer> {read[1] if read else plan.guess} </answer>"
     if not observations:
@@ -357,6 +372,18 @@ def teacher_turn(plan: Plan, observations: Sequence[str]) -> str:
         answer = read[0] if behaviour == "shortcut" and read else read[1] if read else plan.guess
         return f"<answer> {answer} </answer>"
     return f"<search> {target.query(read[0])} </search>"
+
+
+def forced_start(turn: str) -> str:
+    """The start of a teacher's turn that holds its decision, up to its first name: `<search> capital` (the action and
+    the query's first word) or `<answer>`.
+
+    Example:
+        >>> forced_start("<search> capital Vor Lak </search>"), forced_start("<answer> Zum Bro </answer>")
+        ('<search> capital', '<answer>')
+    """
+    match = _BEFORE_NAME.match(turn)
+    return match.group(0) if match else ""
 
 
 class TeacherGenerator:
@@ -401,7 +428,7 @@ class TeacherGenerator:
             turn = teacher_turn(self.plans[text[:prompt_end]], self._observations(text[prompt_end:]))
             turns.append(GeneratedTurn(encode(turn), stopped=True))
             if self.answerer is not None:
-                forced.append((index, encode(_BEFORE_NAME.match(turn).group(0))))
+                forced.append((index, encode(forced_start(turn))))
         if forced:
             continued = self.answerer.generate(
                 [contexts[index] + prefix for index, prefix in forced],
