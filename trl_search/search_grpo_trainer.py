@@ -204,9 +204,12 @@ class SearchGRPOTrainer(GRPOTrainer):
                 )
             self._generator.model = unwrapped_model
             self._generator.collective_forward = self._forward_is_collective()
-            return self.search_rollout.run(
-                prompt_ids, self._generator, golden_answers, any_active=self._any_rank_active
-            )
+            try:
+                return self.search_rollout.run(
+                    prompt_ids, self._generator, golden_answers, any_active=self._any_rank_active
+                )
+            finally:
+                self._generator.release()  # the key/value cache kept across turns is not needed for training
 
     def _rollout_with_vllm(self, prompt_ids, golden_answers) -> RolloutOutput:
         # TRL's `_generate` has already pushed the current weights into the engine (`vllm_generation.sync_weights`).
