@@ -306,3 +306,38 @@ def test_special_token_text_in_a_passage_stays_ordinary_text(tiny_tokenizer):
     observation = [token for token, mask in zip(sample.completion_ids, sample.env_mask) if mask == 0][:-1]  # - EOS
     assert not special & set(observation)
     assert "<|im_end|>" in tiny_tokenizer.decode(observation, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "match"),
+    [
+        (None, RuntimeError, "returned None for 1 queries"),
+        (["Veldoria is a country"], TypeError, "must return lists of trl_search.retrievers.Passage"),
+        ([["Veldoria is a country"]], TypeError, "Passage.from_contents"),
+    ],
+)
+def test_a_retriever_breaking_its_contract_fails_naming_it(tiny_tokenizer, answer, error, match):
+    class Broken(Retriever):
+        def search(self, queries, k):
+            return answer
+
+    prompt = encode(tiny_tokenizer, "Question [s0]: x")
+    generator = ScriptedGenerator(tiny_tokenizer, {tuple(prompt): ["<search> q </search>"]})
+    with pytest.raises(error, match=match) as raised:
+        make_rollout(Broken(), tiny_tokenizer).run([prompt], generator)
+    assert "Broken.search" in str(raised.value)
+
+
+def test_a_backend_whose_logprobs_do_not_match_its_tokens_is_an_error(tiny_tokenizer):
+    from trl_search.generation import GeneratedTurn
+
+    class Shifted:
+        eos_token_ids = [tiny_tokenizer.eos_token_id]
+
+        def generate(self, contexts, max_new_tokens, stop_strings):
+            ids = encode(tiny_tokenizer, "<answer> Quarnel </answer>")
+            return [GeneratedTurn(token_ids=ids, logprobs=[-0.5] * (len(ids) - 1), stopped=True) for _ in contexts]
+
+    prompt = encode(tiny_tokenizer, "Question [s0]: x")
+    with pytest.raises(RuntimeError, match="logprobs for .* tokens in one turn"):
+        make_rollout(FixedRetriever([]), tiny_tokenizer).run([prompt], Shifted(), with_logprobs=True)
