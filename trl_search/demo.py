@@ -171,15 +171,9 @@ class DemoConfig:
 
     @classmethod
     def reduced(cls, **overrides) -> DemoConfig:
-        """The learning check of the test suite: a smaller world and RL run, no controls, no progress display."""
-        settings = dict(
-            num_train_lands=100,
-            num_test_lands=20,
-            rl_steps=30,
-            eval_every=30,
-            runs=("rl_search",),
-            progress=False,
-        )
+        """The learning check of the test suite: the quick mode's world and warm start, a shorter RL run with search
+        only, no progress display."""
+        settings = dict(rl_steps=30, eval_every=30, runs=("rl_search",), progress=False)
         return cls(**{**settings, **overrides})
 
     @classmethod
