@@ -76,7 +76,7 @@ def test_bad_text_can_be_repaired_and_is_counted(tmp_path, capsys):
 
 def test_duplicates_kept_when_allowed(tmp_path, capsys, caplog):
     corpus = write_corpus(tmp_path / "corpus.jsonl", [*GOOD, '{"id": "1", "contents": "second row with id one"}'])
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="trl_search"):
         assert run_index(corpus, tmp_path / "out", "--allow-duplicate-ids") == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["corpus"]["duplicate_ids"] == 1
     assert f"1 rows repeat an id already used (first: {corpus}:4)" in caplog.text
@@ -95,7 +95,7 @@ def test_empty_and_non_string_contents_are_skipped_with_a_warning(tmp_path, capl
             GOOD[1],
         ],
     )
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="trl_search"):
         retriever = BM25Retriever.build(corpus)
     assert len(retriever) == 2
     assert retriever.corpus_stats == {
