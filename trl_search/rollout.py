@@ -243,7 +243,8 @@ class SearchRollout:
             pending_searches: list[tuple[SampleTrajectory, tuple[str, ...]]] = []
             pending_feedback: list[tuple[SampleTrajectory, str]] = []
             for (sample, budget), limit, turn_output in zip(runnable, limits, generated):
-                context_tail = (sample.prompt_ids + sample.completion_ids)[-64:]
+                # the tail the tool-call parser needs, without copying the whole context every turn
+                context_tail = (sample.prompt_ids[-64:] + sample.completion_ids[-64:])[-64:]
                 if turn_output.logprobs is None:
                     sample.logprobs = None
                 sample.extend(turn_output.token_ids, 1, turn_output.logprobs)
