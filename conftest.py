@@ -1,4 +1,5 @@
-"""Root pytest configuration: the docstring examples of `trl_search` run as doctests next to `tests/`, offline."""
+"""Root pytest configuration, loaded before any test or doctest: everything offline, and the docstring examples of
+`trl_search` run as doctests next to `tests/`."""
 
 import importlib.util
 import os
@@ -8,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 # Modules whose examples need an optional extra: their doctests are skipped where that extra is not installed.

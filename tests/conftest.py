@@ -1,18 +1,9 @@
 """Shared fixtures: everything offline, tiny models and tokenizers built on the fly."""
 
-import os
+# The offline environment (HF_HUB_OFFLINE, ...) is set by the root conftest.py, which pytest loads first.
+import pytest
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-import pytest  # noqa: E402
-
-from trl_search.offline_models import build_model, build_tokenizer  # noqa: E402
+from trl_search.offline_models import build_model, build_tokenizer
 
 
 TOKENIZER_TEXTS = [
