@@ -19,6 +19,6 @@ _NEEDS = {
     "trl_search/retrievers/remote.py": "requests",
     "trl_search/retrievers/dense.py": "faiss",
     "trl_search/retrievers/vector_index.py": "faiss",
-    "trl_search/demo_report.py": "matplotlib",
+    "trl_search/demo/report.py": "matplotlib",
 }
 collect_ignore = [path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None]

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "trl_search", "data")
+DATA = os.path.join(os.path.dirname(__file__), "..", "trl_search", "sample_data")
 
 
 def search_r1_encode(model, tokenizer, texts, batch_size=64, max_length=256):
@@ -62,8 +62,8 @@ def agreement(ranking: list[list[int]], reference: list[list[int]]) -> tuple[int
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=os.path.join(DATA, "demo_corpus.jsonl"))
-    parser.add_argument("--questions", default=os.path.join(DATA, "demo_questions.jsonl"))
+    parser.add_argument("--corpus", default=os.path.join(DATA, "corpus.jsonl"))
+    parser.add_argument("--questions", default=os.path.join(DATA, "questions.jsonl"))
     parser.add_argument("--k", type=int, default=3)
     args = parser.parse_args()
 

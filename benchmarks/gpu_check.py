@@ -116,11 +116,11 @@ def install(args) -> None:
 def build_model(args) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_CORPUS_PATH, DEMO_QUESTIONS_PATH
+    from trl_search.data import DEFAULT_PROMPT_TEMPLATE, SAMPLE_CORPUS_PATH, SAMPLE_QUESTIONS_PATH
     from trl_search.offline_models import build_tokenizer
 
     texts = [DEFAULT_PROMPT_TEMPLATE] * 4
-    for path, key in ((DEMO_CORPUS_PATH, "contents"), (DEMO_QUESTIONS_PATH, "question")):
+    for path, key in ((SAMPLE_CORPUS_PATH, "contents"), (SAMPLE_QUESTIONS_PATH, "question")):
         with open(path, encoding="utf-8") as handle:
             texts += [json.loads(line)[key] for line in handle if line.strip()]
     tokenizer = build_tokenizer(texts, vocab_size=500 if args.tiny else 4096)

@@ -65,10 +65,10 @@ SHAPES = {
 def build_workload(args):
     """Passages of about `passage_words` words made from the demo corpus (each passage's own facts first, so the
     demo questions retrieve it), the demo questions as prompts, and a BPE tokenizer trained on all of it."""
-    from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_CORPUS_PATH, make_training_mix
+    from trl_search.data import DEFAULT_PROMPT_TEMPLATE, SAMPLE_CORPUS_PATH, make_training_mix
     from trl_search.offline_models import build_tokenizer
 
-    with open(DEMO_CORPUS_PATH, encoding="utf-8") as handle:
+    with open(SAMPLE_CORPUS_PATH, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     sentences = [s.strip() + "." for row in rows for s in row["contents"].split("\n", 1)[1].split(".") if s.strip()]
     corpus = []

@@ -4,7 +4,7 @@
     python examples/demo.py --quick --seeds 5 --workers 2    # seeds 0..4: mean, min and max
     python examples/demo.py --output_dir demo_output
 
-Same as `trl-search demo`; the pipeline lives in `trl_search/demo.py`.
+Same as `trl-search demo`; the pipeline lives in `trl_search/demo/`.
 """
 
 import argparse

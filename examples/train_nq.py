@@ -23,8 +23,8 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from trl_search import SearchGRPOConfig, SearchGRPOTrainer
 from trl_search.data import (
     DEFAULT_PROMPT_TEMPLATE,
-    DEMO_CORPUS_PATH,
-    DEMO_QUESTIONS_PATH,
+    SAMPLE_CORPUS_PATH,
+    SAMPLE_QUESTIONS_PATH,
     TOOL_CALL_PROMPT_TEMPLATE,
     make_training_mix,
 )
@@ -90,7 +90,7 @@ def build_demo_model(directory: str, hidden_size: int, num_layers: int) -> str:
     from trl_search.offline_models import build_model, build_tokenizer
 
     texts = [DEFAULT_PROMPT_TEMPLATE]
-    for path, key in ((DEMO_CORPUS_PATH, "contents"), (DEMO_QUESTIONS_PATH, "question")):
+    for path, key in ((SAMPLE_CORPUS_PATH, "contents"), (SAMPLE_QUESTIONS_PATH, "question")):
         with open(path, encoding="utf-8") as handle:
             texts += [json.loads(line)[key] for line in handle if line.strip()]
     tokenizer = build_tokenizer(texts, vocab_size=1000)

@@ -5,8 +5,8 @@ import pytest
 
 from trl_search.data import (
     DEFAULT_PROMPT_TEMPLATE,
-    DEMO_CORPUS_PATH,
-    DEMO_QUESTIONS_PATH,
+    SAMPLE_CORPUS_PATH,
+    SAMPLE_QUESTIONS_PATH,
     RAG_PROMPT_TEMPLATE,
     check_unique_ids,
     load_qa_dataset,
@@ -14,7 +14,7 @@ from trl_search.data import (
     make_training_mix,
     tokenize_prompts,
 )
-from trl_search.demo_world import make_demo_data
+from trl_search.sample_data.generate import make_demo_data
 from trl_search.retrievers import passage_from_record
 from trl_search.rewards import contains_answer
 
@@ -187,9 +187,9 @@ def test_demo_dataset_splits_and_format():
 
 def test_shipped_demo_data_is_what_the_seeded_generator_writes():
     corpus, questions = make_demo_data()
-    with open(DEMO_CORPUS_PATH, encoding="utf-8") as handle:
+    with open(SAMPLE_CORPUS_PATH, encoding="utf-8") as handle:
         assert [json.loads(line) for line in handle] == corpus
-    with open(DEMO_QUESTIONS_PATH, encoding="utf-8") as handle:
+    with open(SAMPLE_QUESTIONS_PATH, encoding="utf-8") as handle:
         assert [json.loads(line) for line in handle] == questions
     assert 200 <= len(corpus) <= 500 and 90 <= len(questions) <= 120
 

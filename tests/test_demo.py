@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from trl_search.demo import (
+from trl_search.demo.pipeline import (
     RL_RUNS,
     DemoConfig,
     DemoPipeline,
@@ -16,8 +16,8 @@ from trl_search.demo import (
     run_demo,
     teacher_rollout,
 )
-from trl_search.demo_report import results_table
-from trl_search.demo_task import Plan, TeacherGenerator, TeacherSkill, make_plans
+from trl_search.demo.report import results_table
+from trl_search.demo.world import Plan, TeacherGenerator, TeacherSkill, make_plans
 
 
 @pytest.fixture(scope="module")

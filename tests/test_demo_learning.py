@@ -4,7 +4,7 @@ warm start) with 30 RL steps and no controls."""
 
 import pytest
 
-from trl_search.demo import DemoConfig, DemoPipeline
+from trl_search.demo.pipeline import DemoConfig, DemoPipeline
 
 
 @pytest.mark.slow

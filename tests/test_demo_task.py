@@ -3,7 +3,7 @@ questions answerable only through two dependent searches, and a teacher that pla
 
 import pytest
 
-from trl_search.demo_task import (
+from trl_search.demo.world import (
     ATTRIBUTE,
     ATTRIBUTES,
     ONE_HOP,

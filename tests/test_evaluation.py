@@ -4,7 +4,7 @@ import os
 import pytest
 
 from trl_search.cli import main
-from trl_search.data import DEFAULT_PROMPT_TEMPLATE, DEMO_QUESTIONS_PATH, load_qa_dataset
+from trl_search.data import DEFAULT_PROMPT_TEMPLATE, SAMPLE_QUESTIONS_PATH, load_qa_dataset
 from trl_search.evaluation import evaluate, results_markdown, summarize
 from trl_search.generation import GeneratedTurn
 from trl_search.rewards import cover_exact_match_reward, exact_match_reward, f1_reward
@@ -143,7 +143,7 @@ def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, 
 
 def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, demo_oracle, tmp_path):
     # Demo questions laid out as FlashRAG's Hub repository, under two of the paper's dataset names.
-    with open(DEMO_QUESTIONS_PATH, encoding="utf-8") as handle:
+    with open(SAMPLE_QUESTIONS_PATH, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle][:6]
     for name, part in (("nq", rows[:4]), ("hotpotqa", rows[4:])):
         (tmp_path / "data" / name).mkdir(parents=True)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
-DEMO_CORPUS_PATH = os.path.join(DATA_DIR, "demo_corpus.jsonl")
-DEMO_QUESTIONS_PATH = os.path.join(DATA_DIR, "demo_questions.jsonl")
+SAMPLE_DATA_DIR = os.path.join(os.path.dirname(__file__), "sample_data")
+SAMPLE_CORPUS_PATH = os.path.join(SAMPLE_DATA_DIR, "corpus.jsonl")
+SAMPLE_QUESTIONS_PATH = os.path.join(SAMPLE_DATA_DIR, "questions.jsonl")
 FLASHRAG_REPO = "RUC-NLPIR/FlashRAG_datasets"
 
 # The instructions are our own wording of the Search-R1 protocol. `{question}` is replaced by the question (plain
@@ -150,7 +150,7 @@ QA_DATASETS = {
     "2wikimultihopqa": QADatasetInfo("2wiki", True, hub_config="2wikimultihopqa"),
     "musique": QADatasetInfo("Musique", True, hub_config="musique"),
     "bamboogle": QADatasetInfo("Bamboogle", True, hub_config="bamboogle"),
-    "demo": QADatasetInfo("Demo", True, local_file=DEMO_QUESTIONS_PATH),
+    "demo": QADatasetInfo("Demo", True, local_file=SAMPLE_QUESTIONS_PATH),
 }
 # The paper's seven evaluation sets, in its column order.
 PAPER_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")

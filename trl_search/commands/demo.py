@@ -46,7 +46,7 @@ def _command_line() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
-    from ..demo_report import Display
+    from ..demo.report import Display
 
     overrides = {"output_dir": args.output_dir, "seed": args.seed, "seeds": args.seeds, "workers": args.workers}
     if args.runs:

@@ -166,13 +166,13 @@ def load_retriever(spec, **options) -> Retriever:
 
         return RemoteRetriever(spec, **options)
     if spec == "demo" or (os.path.isfile(spec) and spec.endswith(".jsonl")):
-        from ..data import DEMO_CORPUS_PATH
+        from ..data import SAMPLE_CORPUS_PATH
         from .bm25 import BM25Retriever
 
         if (
             spec == "demo"
         ):  # a few hundred passages: numpy scoring is instant, numba would first spend seconds compiling
-            return BM25Retriever.build(DEMO_CORPUS_PATH, backend="numpy", **options)
+            return BM25Retriever.build(SAMPLE_CORPUS_PATH, backend="numpy", **options)
         return BM25Retriever.build(spec, **options)
     from . import RETRIEVER_KINDS
     from .manifest import read_manifest

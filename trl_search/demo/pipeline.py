@@ -2,7 +2,7 @@
 two-hop.
 
 Stages of one seed, all offline and deterministic for the seed on a given machine:
-1. generate the world (`trl_search.demo_task`), index its corpus with BM25, train a tokenizer on the training text and
+1. generate the world (`trl_search.demo.world`), index its corpus with BM25, train a tokenizer on the training text and
    build a tiny Qwen2 model from scratch;
 2. warm start with TRL's `SFTTrainer` on an imperfect teacher's trajectories, written by the teacher inside the real
    rollout; it stops once the model copies the answer from what was retrieved on validation questions (lands in
@@ -11,7 +11,7 @@ Stages of one seed, all offline and deterministic for the seed on a given machin
    question type;
 4. train with `SearchGRPOTrainer` and BM25, and controls with the same budget and seed: a retriever that finds
    nothing, and `mask_retrieved_tokens=False`; evaluate each;
-5. write `results.json`, `results.md` and the plots (`trl_search.demo_report`).
+5. write `results.json`, `results.md` and the plots (`trl_search.demo.report`).
 
 `seeds > 1` runs the whole pipeline once per seed (in `workers` processes) and reports the mean, min and max.
 
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from transformers import PrinterCallback, TrainerCallback
 
-from .demo_task import (
+from .world import (
     BEHAVIOURS,
     PROMPT_TEMPLATE,
     QUESTION_TYPES,
@@ -42,7 +42,7 @@ from .demo_task import (
     make_prompt,
     make_world,
 )
-from .retrievers.base import Retriever
+from ..retrievers.base import Retriever
 
 
 RL_RUNS = {  # run name -> (label, searches?, mask retrieved tokens?)
@@ -217,7 +217,7 @@ def tokenizer_texts(world: World, retriever, protocol) -> list[str]:
     Held-out names then split into pieces the model has met in training (a token seen only at test time would keep
     its random embedding, and could not be copied).
     """
-    from .demo_task import ATTRIBUTE
+    from .world import ATTRIBUTE
 
     unseen = {land.name for land in world.dev_lands + world.test_lands}
     passages = [row["contents"] for row in world.corpus if row["contents"].split("\n", 1)[0] not in unseen]
@@ -238,8 +238,8 @@ def tokenizer_texts(world: World, retriever, protocol) -> list[str]:
 def teacher_rollout(questions, plans, retriever, tokenizer, config: DemoConfig, answerer=None):
     """Runs the teacher (or, with `answerer`, the teacher's searches and the answerer's answers) through the real
     rollout; returns the prompts' token ids and the rollout's output."""
-    from .data import tokenize_prompts
-    from .rollout import SearchRollout
+    from ..data import tokenize_prompts
+    from ..rollout import SearchRollout
 
     rollout = SearchRollout(
         retriever,
@@ -268,7 +268,7 @@ def demonstration_rows(prompt_ids, samples, observation_loss: bool, tokenizer=No
         >>> demonstration_rows([[1, 2]], [sample], observation_loss=False)
         [{'input_ids': [1, 2, 3, 4, 5, 6], 'labels': [-100, -100, 3, -100, 5, -100]}]
     """
-    from .demo_task import forced_start
+    from .world import forced_start
 
     rows = []
     for prompt, sample in zip(prompt_ids, samples):
@@ -374,7 +374,7 @@ class DemoPipeline:
     """
 
     def __init__(self, config: DemoConfig, display=None):
-        from .demo_report import Display
+        from .report import Display
 
         if config.seeds != 1:
             raise ValueError("DemoPipeline runs one seed; use run_demo for several.")
@@ -387,9 +387,9 @@ class DemoPipeline:
 
     # stage 1
     def build(self) -> None:
-        from .offline_models import build_model, build_tokenizer
-        from .protocols import get_protocol
-        from .retrievers import BM25Retriever
+        from ..offline_models import build_model, build_tokenizer
+        from ..protocols import get_protocol
+        from ..retrievers import BM25Retriever
 
         config = self.config
         self.world = make_world(config.seed, config.num_train_lands, config.num_dev_lands, config.num_test_lands)
@@ -452,8 +452,8 @@ class DemoPipeline:
         """Validation probe: a perfect teacher decides every action, the model writes every name (greedy): the land
         or value in each query and the answer. Returns the share answered right, over all validation questions and
         per type."""
-        from .generation import TransformersGenerator
-        from .rewards import exact_match_reward
+        from ..generation import TransformersGenerator
+        from ..rewards import exact_match_reward
 
         questions = self.world.dev_questions
         plans = make_plans(questions, TeacherSkill.perfect(), self.world.answer_pool, self.config.seed)
@@ -523,7 +523,7 @@ class DemoPipeline:
     def evaluate(self, model, retriever=None, limit=None, output_dir=None) -> dict:
         """Greedy evaluation on held-out questions with the package's harness; returns metrics per question type and
         over all questions (`"all"`)."""
-        from .evaluation import evaluate
+        from ..evaluation import evaluate
 
         config = self.config
         was_training = model.training
@@ -564,8 +564,8 @@ class DemoPipeline:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
 
-        from .search_grpo_config import SearchGRPOConfig
-        from .search_grpo_trainer import SearchGRPOTrainer
+        from ..search_grpo_config import SearchGRPOConfig
+        from ..search_grpo_trainer import SearchGRPOTrainer
 
         config = self.config
         label, searches, masked = RL_RUNS[run]
@@ -632,7 +632,7 @@ class DemoPipeline:
 
     def run(self) -> dict:
         """Runs every stage and writes the outputs; returns the results (also in `results.json`)."""
-        from .demo_report import results_table, write_report
+        from .report import results_table, write_report
 
         config = self.config
         start, load_start = time.perf_counter(), os.getloadavg()[0]
@@ -757,7 +757,7 @@ def run_demo(config: DemoConfig, command: str | None = None, display=None) -> di
         >>> sorted(results["stages"])  # doctest: +SKIP
         ['rl_no_mask', 'rl_no_retrieval', 'rl_search', 'warm_start', 'warm_start_no_retrieval']
     """
-    from .demo_report import Display, aggregate_seeds, write_report
+    from .report import Display, aggregate_seeds, write_report
 
     if config.seeds == 1:
         pipeline = DemoPipeline(config, display)

@@ -1,16 +1,16 @@
-"""Generates the shipped demo data: a seeded fictional world, its encyclopedia and questions about it.
+"""Generates the shipped sample data: a seeded fictional world, its encyclopedia and questions about it.
 
 Every name is invented from random syllables, so no model can know an answer in advance: it is only findable by
 searching the corpus. Single-hop questions need one passage; two-hop questions chain two (a person's passage names a
 city, the city's passage names its country).
 
 Writes, in Search-R1's and FlashRAG's formats:
-- `demo_corpus.jsonl`: `{"id", "contents"}` rows, the title on the first line of `contents`;
-- `demo_questions.jsonl`: `{"id", "question", "golden_answers", "metadata"}` rows, `metadata["split"]` being `train`
+- `corpus.jsonl`: `{"id", "contents"}` rows, the title on the first line of `contents`;
+- `questions.jsonl`: `{"id", "question", "golden_answers", "metadata"}` rows, `metadata["split"]` being `train`
   or `test`.
 
 The data is written for this project and released under Apache-2.0 with the package. Regenerate it with
-`python -m trl_search.demo_world --out trl_search/data` (the output is identical for the same seed).
+`python -m trl_search.sample_data.generate --out trl_search/sample_data` (the output is identical for the same seed).
 """
 
 from __future__ import annotations
@@ -302,15 +302,15 @@ def make_demo_data(seed: int = SEED) -> tuple[list[dict], list[dict]]:
 
 
 def write_demo_data(directory: str | os.PathLike, seed: int = SEED) -> tuple[str, str]:
-    """Writes `demo_corpus.jsonl` and `demo_questions.jsonl` into `directory` and returns their paths.
+    """Writes `corpus.jsonl` and `questions.jsonl` into `directory` and returns their paths.
 
     Example:
         >>> write_demo_data("/tmp/demo-data")  # doctest: +SKIP
-        ('/tmp/demo-data/demo_corpus.jsonl', '/tmp/demo-data/demo_questions.jsonl')
+        ('/tmp/demo-data/corpus.jsonl', '/tmp/demo-data/questions.jsonl')
     """
     corpus, questions = make_demo_data(seed)
     os.makedirs(directory, exist_ok=True)
-    paths = (os.path.join(directory, "demo_corpus.jsonl"), os.path.join(directory, "demo_questions.jsonl"))
+    paths = (os.path.join(directory, "corpus.jsonl"), os.path.join(directory, "questions.jsonl"))
     for path, rows in zip(paths, (corpus, questions)):
         with open(path, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -319,7 +319,7 @@ def write_demo_data(directory: str | os.PathLike, seed: int = SEED) -> tuple[str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the trl-search demo corpus and questions.")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "data"), help="output directory")
+    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="output directory")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
     for path in write_demo_data(args.out, args.seed):

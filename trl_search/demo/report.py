@@ -161,7 +161,7 @@ def aggregate_seeds(config, per_seed: dict[int, dict], seconds: float) -> dict:
     """
     from dataclasses import asdict
 
-    from .demo import _jsonable
+    from .pipeline import _jsonable
 
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]]

@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .demo_world import _NameMaker
+from ..sample_data.generate import _NameMaker
 
 
 ONE_HOP, TWO_HOP = "one_hop", "two_hop"
@@ -403,7 +403,7 @@ class TeacherGenerator:
     """
 
     def __init__(self, tokenizer, plans: Sequence[Plan], protocol=None, answerer=None):
-        from .protocols import get_protocol
+        from ..protocols import get_protocol
 
         self.tokenizer = tokenizer
         self.protocol = protocol or get_protocol("tags")
@@ -418,7 +418,7 @@ class TeacherGenerator:
         return re.findall(re.escape(opening) + "(.*?)" + re.escape(closing), completion, re.DOTALL)
 
     def generate(self, contexts, max_new_tokens, stop_strings):
-        from .generation import GeneratedTurn
+        from ..generation import GeneratedTurn
 
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         turns, forced = [], []
