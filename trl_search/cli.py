@@ -8,8 +8,7 @@ import sys
 
 
 # Subcommand name -> module in trl_search.commands. A module defines `ARGUMENTS` (a dataclass with `help` metadata,
-# parsed by TRL's `TrlParser`, so `--config x.yaml` and both `--a_b`/`--a-b` work) and `run(args) -> int`; or, not yet
-# moved to a dataclass, `add_arguments(parser)` and `run(args)`.
+# parsed by TRL's `TrlParser`, so `--config x.yaml` and both `--a_b`/`--a-b` work) and `run(args) -> int`.
 SUBCOMMANDS = {
     "index": ("index", "Build a BM25 or dense index from a JSONL corpus."),
     "serve": ("serve", "Serve a retriever over HTTP with Search-R1's /retrieve contract."),
@@ -21,38 +20,25 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-search", description="Search-R1 training tools on top of TRL.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"trl_search.commands.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"trl_search.commands.{module_name}":
-                raise
-            continue  # subcommand not shipped in this build
-        if hasattr(module, "ARGUMENTS"):  # parsed by TrlParser in `main`; listed here for --help
-            subparsers.add_parser(name, help=help_text, description=help_text, add_help=False)
-            continue
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(subparser)
-        subparser.set_defaults(_run=module.run)
+    for name, (_, help_text) in SUBCOMMANDS.items():  # each parsed by TrlParser in `main`; listed for --help
+        subparsers.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        module = importlib.import_module(f"trl_search.commands.{SUBCOMMANDS[argv[0]][0]}")
-        if hasattr(module, "ARGUMENTS"):
-            from trl import TrlParser
+    if not argv or argv[0] not in SUBCOMMANDS:
+        build_parser().parse_args(argv)  # prints the usage (or --help) and exits
+    module = importlib.import_module(f"trl_search.commands.{SUBCOMMANDS[argv[0]][0]}")
+    from trl import TrlParser
 
-            help_text = SUBCOMMANDS[argv[0]][1]
-            parser = TrlParser(module.ARGUMENTS, prog=f"trl-search {argv[0]}", description=help_text)
-            try:
-                (args,) = parser.parse_args_and_config(argv[1:])
-            except ValueError as error:  # validation in __post_init__: the message names the option to fix
-                parser.error(str(error))
-            return module.run(args) or 0
-    args = build_parser().parse_args(argv)
-    return args._run(args) or 0
+    help_text = SUBCOMMANDS[argv[0]][1]
+    parser = TrlParser(module.ARGUMENTS, prog=f"trl-search {argv[0]}", description=help_text)
+    try:
+        (args,) = parser.parse_args_and_config(argv[1:])
+    except ValueError as error:  # validation in __post_init__: the message names the option to fix
+        parser.error(str(error))
+    return module.run(args) or 0
 
 
 if __name__ == "__main__":

@@ -2,61 +2,79 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
+from dataclasses import dataclass, field
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declares the options of `trl-search demo` (also those of `python examples/demo.py`).
+@dataclass
+class DemoArguments:
+    """Options of `trl-search demo` and `python examples/demo.py`. Every other knob of the demo (model width,
+    warm-start criterion, RL budget, ...) is a field of `trl_search.demo.DemoConfig`; `--quick` picks its shorter
+    preset. Multi-word options take `_` or `-`, and `--config x.yaml` reads them from a file.
 
     Example:
-        >>> parser = argparse.ArgumentParser()
-        >>> add_arguments(parser)
-        >>> parser.parse_args(["--quick", "--seeds", "5"]).seeds
-        5
+        >>> from trl import TrlParser
+        >>> (args,) = TrlParser(DemoArguments).parse_args_and_config(["--quick", "--seeds", "5", "--no-progress"])
+        >>> args.seeds, args.progress, demo_config(args).rl_steps
+        (5, False, 60)
     """
-    parser.add_argument("--quick", action="store_true", help="a shorter run (a few minutes per seed on 2 CPU cores)")
-    parser.add_argument("--output_dir", "--output-dir", default="demo_output", help="where results and plots go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the model, the warm start and RL")
-    parser.add_argument(
-        "--seeds",
-        type=int,
+
+    quick: bool = field(default=False, metadata={"help": "The shorter run (a few minutes per seed on 2 CPU cores)."})
+    output_dir: str = field(default="demo_output", metadata={"help": "Where results, plots and checkpoints go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the world, the model, the warm start and RL."})
+    seeds: int = field(
         default=1,
-        help="run the whole pipeline for seeds SEED..SEED+N-1 and report the mean, min and max over them",
+        metadata={"help": "Run the whole pipeline for seeds SEED..SEED+N-1 and report the mean, min and max."},
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes running seeds side by side (one thread each)"
-    )
-    parser.add_argument(
-        "--runs",
+    workers: int = field(default=1, metadata={"help": "Processes running seeds side by side (one thread each)."})
+    runs: str | None = field(
         default=None,
-        help="comma-separated RL runs among rl_search, rl_no_retrieval, rl_no_mask (default: all; --quick: the "
-        "first two)",
+        metadata={
+            "help": "Comma-separated RL runs among rl_search, rl_no_retrieval, rl_no_mask (default: all; --quick: "
+            "the first two)."
+        },
     )
-    parser.add_argument("--rl_steps", "--rl-steps", type=int, default=None, help="override the number of RL steps")
-    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress display")
+    rl_steps: int | None = field(default=None, metadata={"help": "RL steps per run (default: the mode's)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress display (`--no_progress`: plain)."})
+
+    def __post_init__(self):
+        demo_config(self)  # DemoConfig validates; its error names the option to fix
 
 
-def _command_line() -> str:
-    """How this run was started, for the results: `python examples/demo.py ...` or `trl-search demo ...`."""
-    program = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else "trl-search"
-    return " ".join([program, *(shlex.quote(arg) for arg in sys.argv[1:])])
+def demo_config(args: DemoArguments):
+    """The `DemoConfig` the options describe: the mode's preset, then the options given."""
+    from ..demo import DemoConfig
 
-
-def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
-    from ..demo.report import Display
-
-    overrides = {"output_dir": args.output_dir, "seed": args.seed, "seeds": args.seeds, "workers": args.workers}
+    overrides = {
+        "output_dir": args.output_dir,
+        "seed": args.seed,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "progress": args.progress,
+    }
     if args.runs:
         overrides["runs"] = tuple(name.strip() for name in args.runs.split(","))
     if args.rl_steps is not None:
         overrides["rl_steps"] = args.rl_steps
-    if args.no_progress:
-        overrides["progress"] = False
-    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    display = Display(enabled=config.progress)
-    results = run_demo(config, command=_command_line(), display=display)
+    return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+
+
+ARGUMENTS = DemoArguments
+
+
+def _command_line() -> str:
+    """How this run was started, for the results: `python examples/demo.py ...` or `trl-search demo ...`."""
+    program = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else "trl-search demo"
+    arguments = sys.argv[1:] if sys.argv[0].endswith(".py") else sys.argv[2:]
+    return " ".join([program, *(shlex.quote(arg) for arg in arguments)])
+
+
+def run(args: DemoArguments) -> int:
+    from ..demo import run_demo
+    from ..demo.report import Display
+
+    config = demo_config(args)
+    results = run_demo(config, command=_command_line(), display=Display(enabled=config.progress))
     print(f"\n{results['table']}\n\nWrote {args.output_dir}/results.json, results.md and the plots.")
     return 0
