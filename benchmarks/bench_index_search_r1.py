@@ -11,7 +11,7 @@ Three indexes over the same corpus with the same model (the shipped all-MiniLM-L
 - after: `DenseRetriever.build` as it is now.
 Each is searched exactly (inner product) with the same query vectors as its builder would make.
 
-    python benchmarks/bench_index_search_r1.py                  # the shipped demo corpus and its questions
+    python benchmarks/bench_index_search_r1.py                  # the shipped sample corpus and its questions
     python benchmarks/bench_index_search_r1.py --k 3 --corpus C.jsonl --questions Q.jsonl
 """
 

@@ -183,7 +183,7 @@ def train(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     if args.trainer == "search":  # our trainer, through the example script
         argv = [
-            "--model_name_or_path", args.model, "--retriever", "demo", "--datasets", "demo", "--max_turns",
+            "--model_name_or_path", args.model, "--retriever", "sample", "--datasets", "sample", "--max_turns",
             str(args.max_turns), "--retrieval_top_k", "3", "--max_tokens_per_turn", str(args.tokens_per_turn),
             "--max_obs_length", "128", "--max_completion_length", str(args.completion_length), *_common_args(args),
         ]  # fmt: skip
@@ -200,7 +200,7 @@ def train(args) -> None:
             argv + _common_args(args)
         )
         training_args.model_init_kwargs = {"dtype": model_args.dtype}
-        dataset = make_training_mix(["demo"], template=DEFAULT_PROMPT_TEMPLATE, seed=training_args.seed)
+        dataset = make_training_mix(["sample"], template=DEFAULT_PROMPT_TEMPLATE, seed=training_args.seed)
         trainer = GRPOTrainer(model=model_args.model_name_or_path, reward_funcs=exact_match_reward,
                               args=training_args, train_dataset=dataset, callbacks=[timer])  # fmt: skip
         trainer.train()

@@ -63,8 +63,8 @@ SHAPES = {
 
 
 def build_workload(args):
-    """Passages of about `passage_words` words made from the demo corpus (each passage's own facts first, so the
-    demo questions retrieve it), the demo questions as prompts, and a BPE tokenizer trained on all of it."""
+    """Passages of about `passage_words` words made from the sample corpus (each passage's own facts first, so the
+    sample questions retrieve it), the sample questions as prompts, and a BPE tokenizer trained on all of it."""
     from trl_search.data import DEFAULT_PROMPT_TEMPLATE, SAMPLE_CORPUS_PATH, make_training_mix
     from trl_search.offline_models import build_tokenizer
 
@@ -79,7 +79,7 @@ def build_workload(args):
             words += sentences[(i * 31 + j * 7) % len(sentences)].split()
             j += 1
         corpus.append({"id": row["id"], "contents": f"{title}\n{' '.join(words[: args.passage_words])}"})
-    dataset = make_training_mix(["demo"], template=DEFAULT_PROMPT_TEMPLATE, seed=0)
+    dataset = make_training_mix(["sample"], template=DEFAULT_PROMPT_TEMPLATE, seed=0)
     texts = [DEFAULT_PROMPT_TEMPLATE] * 4 + [row["contents"] for row in corpus] + list(dataset["prompt"])
     tokenizer = build_tokenizer(texts, vocab_size=args.tokenizer_vocab)
     return corpus, dataset, tokenizer

@@ -1,14 +1,14 @@
-# Train a model to search and answer (Search-R1) with GRPO on NQ + HotpotQA, or on the shipped demo data.
+# Train a model to search and answer (Search-R1) with GRPO on NQ + HotpotQA, or on the shipped sample data.
 #
 # One GPU:
 #   python examples/train_nq.py --config examples/configs/qwen2.5-3b-grpo.yaml
 # One node, 8 GPUs, DeepSpeed ZeRO-3:
 #   accelerate launch --config_file examples/accelerate_configs/zero3.yaml examples/train_nq.py \
 #       --config examples/configs/qwen2.5-3b-grpo.yaml
-# Offline demo on CPU (tiny model built on the fly, shipped demo corpus and questions; a few minutes):
-#   python examples/train_nq.py --config examples/configs/demo.yaml
+# Offline smoke run on CPU (tiny model built on the fly, shipped sample corpus and questions; a few minutes):
+#   python examples/train_nq.py --config examples/configs/sample.yaml
 #   accelerate launch --config_file examples/accelerate_configs/cpu_ddp.yaml examples/train_nq.py \
-#       --config examples/configs/demo.yaml
+#       --config examples/configs/sample.yaml
 #
 # Every field of `SearchGRPOConfig` (TRL's `GRPOConfig` plus the search settings), of `SearchScriptArguments` below and
 # of TRL's `ModelConfig` (model, dtype, LoRA) can be set in the YAML file or on the command line.
@@ -39,18 +39,18 @@ class SearchScriptArguments:
 
     Parameters:
         retriever: a Search-R1 `/retrieve` URL (`trl-search serve`), an index directory (`trl-search index`), a JSONL
-            corpus (indexed with BM25 at start-up) or `demo`.
+            corpus (indexed with BM25 at start-up) or `sample` (the shipped sample corpus).
         datasets: comma-separated QA sets of the training mix (`nq,hotpotqa` is the paper's).
         data_dir: a local copy of FlashRAG's QA sets (`<data_dir>/<name>/<split>.jsonl`); default: the Hub.
         prompt_style: `auto` (Search-R1's pipeline: the prompt as a user message through the chat template whenever
             the tokenizer has one, base models included), `chat` (always the chat template) or `text` (plain text).
             The format used is saved with the model (`search_config.json`), and `trl-search eval` uses it.
-        demo: build a tiny model and tokenizer on the fly and train on the shipped demo data (offline, CPU).
+        sample_data: build a tiny model and tokenizer on the fly and train on the shipped sample data (offline, CPU).
     """
 
     retriever: str = field(
         default="http://127.0.0.1:8000/retrieve",
-        metadata={"help": "Search-R1 /retrieve URL, index directory, JSONL corpus, or 'demo'."},
+        metadata={"help": "Search-R1 /retrieve URL, index directory, JSONL corpus, or 'sample'."},
     )
     datasets: str = field(default="nq,hotpotqa", metadata={"help": "Comma-separated QA sets of the training mix."})
     train_split: str = field(default="train", metadata={"help": "Split of each QA set to train on."})
@@ -69,22 +69,29 @@ class SearchScriptArguments:
     prompt_template_file: str | None = field(
         default=None, metadata={"help": "A text file with a prompt template ({question} placeholder)."}
     )
-    demo: bool = field(
+    sample_data: bool = field(
         default=False,
-        metadata={"help": "Build a tiny model on the fly and train on the shipped demo data (offline, CPU)."},
+        metadata={"help": "Build a tiny model on the fly and train on the shipped sample data (offline, CPU)."},
     )
-    demo_hidden_size: int = field(default=64, metadata={"help": "Width of the tiny demo model."})
-    demo_num_layers: int = field(default=2, metadata={"help": "Layers of the tiny demo model."})
+    sample_model_hidden_size: int = field(default=64, metadata={"help": "Width of the tiny model of --sample_data."})
+    sample_model_num_layers: int = field(default=2, metadata={"help": "Layers of the tiny model of --sample_data."})
+    # The former name of --sample_data, kept only to say so ("demo" is the learning demo, `trl-search demo`).
+    demo: bool = field(default=False, metadata={"help": "Renamed: use --sample_data."})
 
     def __post_init__(self):
+        if self.demo:
+            raise ValueError(
+                "--demo (`demo: true`) is now --sample_data (`sample_data: true`): the shipped data is "
+                "called 'sample'."
+            )
         if self.prompt_style not in ("auto", "chat", "text"):
             raise ValueError(f"--prompt_style must be 'auto', 'chat' or 'text', got {self.prompt_style!r}.")
         if not self.datasets.strip():
             raise ValueError("--datasets needs at least one QA set, e.g. --datasets nq,hotpotqa.")
 
 
-def build_demo_model(directory: str, hidden_size: int, num_layers: int) -> str:
-    """Trains a small tokenizer on the demo data and saves a random tiny Qwen2 model with it; returns the directory."""
+def build_sample_model(directory: str, hidden_size: int, num_layers: int) -> str:
+    """Trains a small tokenizer on the sample data and saves a random tiny Qwen2 model with it (returns the path)."""
     import json
 
     from trl_search.offline_models import build_model, build_tokenizer
@@ -105,16 +112,18 @@ def main(script_args: SearchScriptArguments, training_args: SearchGRPOConfig, mo
 
     from trl_search.retrievers import load_retriever
 
-    if script_args.demo:
+    if script_args.sample_data:
         # One process builds the model, the others load what it saved: every rank starts from the same weights.
-        directory = os.path.join(training_args.output_dir, "demo-initial-model")
+        directory = os.path.join(training_args.output_dir, "sample-initial-model")
         with PartialState().main_process_first():
             if not os.path.isfile(os.path.join(directory, "config.json")):
-                build_demo_model(directory, script_args.demo_hidden_size, script_args.demo_num_layers)
+                build_sample_model(
+                    directory, script_args.sample_model_hidden_size, script_args.sample_model_num_layers
+                )
         model_args.model_name_or_path = directory
-        script_args.datasets = "demo"
+        script_args.datasets = "sample"
         if script_args.retriever == SearchScriptArguments.retriever:
-            script_args.retriever = "demo"
+            script_args.retriever = "sample"
 
     # tool calls: the search tool reaches the model through its chat template; the prompt only asks for its use
     template = TOOL_CALL_PROMPT_TEMPLATE if training_args.search_protocol == "tool_call" else DEFAULT_PROMPT_TEMPLATE

@@ -5,18 +5,18 @@ import pytest
 
 from trl_search.data import (
     DEFAULT_PROMPT_TEMPLATE,
+    RAG_PROMPT_TEMPLATE,
     SAMPLE_CORPUS_PATH,
     SAMPLE_QUESTIONS_PATH,
-    RAG_PROMPT_TEMPLATE,
     check_unique_ids,
     load_qa_dataset,
     make_search_prompt,
     make_training_mix,
     tokenize_prompts,
 )
-from trl_search.sample_data.generate import make_demo_data
 from trl_search.retrievers import passage_from_record
 from trl_search.rewards import contains_answer
+from trl_search.sample_data.generate import make_sample_data
 
 
 def write_jsonl(path, rows):
@@ -177,16 +177,27 @@ def test_check_unique_ids():
         check_unique_ids(["train_0", "train_1", "train_0", "train_1"])
 
 
-def test_demo_dataset_splits_and_format():
-    test = load_qa_dataset("demo")
-    train = load_qa_dataset("demo", split="train")
+def test_sample_dataset_splits_and_format():
+    test = load_qa_dataset("sample")
+    train = load_qa_dataset("sample", split="train")
     assert len(test) == 30 and len(train) == 70
     assert not set(test["id"]) & set(train["id"])
-    assert set(test["data_source"]) == {"demo"}
+    assert set(test["data_source"]) == {"sample"}
 
 
-def test_shipped_demo_data_is_what_the_seeded_generator_writes():
-    corpus, questions = make_demo_data()
+def test_the_former_name_of_the_sample_data_names_the_new_one(tmp_path):
+    with pytest.raises(ValueError, match="now called 'sample'.*--datasets sample"):
+        load_qa_dataset("demo")
+    with pytest.raises(ValueError, match="now called 'sample'"):
+        make_training_mix(["sample", "demo"])
+    # With a file, a name is only a label: "demo" stays usable for one's own data.
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"id": "1", "question": "Who?", "golden_answers": ["Nobody"]}) + "\n")
+    assert load_qa_dataset("demo", path=str(path))["id"] == ["demo/1"]
+
+
+def test_shipped_sample_data_is_what_the_seeded_generator_writes():
+    corpus, questions = make_sample_data()
     with open(SAMPLE_CORPUS_PATH, encoding="utf-8") as handle:
         assert [json.loads(line) for line in handle] == corpus
     with open(SAMPLE_QUESTIONS_PATH, encoding="utf-8") as handle:
@@ -194,8 +205,8 @@ def test_shipped_demo_data_is_what_the_seeded_generator_writes():
     assert 200 <= len(corpus) <= 500 and 90 <= len(questions) <= 120
 
 
-def test_demo_answers_are_in_the_corpus_and_not_in_the_question():
-    corpus, questions = make_demo_data()
+def test_sample_answers_are_in_the_corpus_and_not_in_the_question():
+    corpus, questions = make_sample_data()
     passages = [passage_from_record(row) for row in corpus]
     assert all(passage.title and passage.text for passage in passages)
     texts = [passage.text for passage in passages]

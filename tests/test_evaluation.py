@@ -5,9 +5,10 @@ import pytest
 
 from trl_search.cli import main
 from trl_search.data import DEFAULT_PROMPT_TEMPLATE, SAMPLE_QUESTIONS_PATH, load_qa_dataset
-from trl_search.evaluation import evaluate, results_markdown, summarize
+from trl_search.evaluation import METRICS, evaluate, results_markdown, summarize
 from trl_search.generation import GeneratedTurn
 from trl_search.rewards import cover_exact_match_reward, exact_match_reward, f1_reward
+from trl_search.rollout import RolloutOutput, rollout_metrics
 
 
 def read_outputs(directory):
@@ -29,25 +30,32 @@ def assert_consistent(results, trajectories):
         assert metrics["em"] == pytest.approx(sum(exact_match_reward(completions, golds)) / len(rows))
         assert metrics["f1"] == pytest.approx(sum(f1_reward(completions, golds)) / len(rows))
         assert metrics["cover_em"] == pytest.approx(sum(cover_exact_match_reward(completions, golds)) / len(rows))
-        assert metrics["searches_per_question"] == pytest.approx(sum(row["num_searches"] for row in rows) / len(rows))
+        assert metrics["searches_per_sample"] == pytest.approx(sum(row["num_searches"] for row in rows) / len(rows))
         invalid, turns = sum(row["num_invalid"] for row in rows), sum(row["num_turns"] for row in rows)
         assert metrics["invalid_action_rate"] == pytest.approx(invalid / turns)
+        assert metrics["turns_per_sample"] == pytest.approx(turns / len(rows))
+        assert metrics["answered_ratio"] == pytest.approx(sum(row["answered"] for row in rows) / len(rows))
+        tokens = sum(row["completion_tokens"] for row in rows)
+        injected = tokens - sum(row["policy_tokens"] for row in rows)
+        assert metrics["masked_token_ratio"] == pytest.approx(injected / tokens)
+        found = [row["answer_retrieved"] for row in rows if row["answer_retrieved"] is not None]
+        assert metrics["answer_retrieved_ratio"] == (pytest.approx(sum(found) / len(found)) if found else None)
         assert all(len(row["queries"]) == row["num_searches"] for row in rows)
     names = list(results["datasets"])
     average_em = sum(results["datasets"][name]["em"] for name in names) / len(names)
     assert results["average"]["em"] == pytest.approx(average_em)
 
 
-def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
+def test_cli_eval_on_sample_data_with_tiny_model(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     argv = [
         "eval",
         "--model",
         tiny_model_dir,
         "--retriever",
-        "demo",
+        "sample",
         "--datasets",
-        "demo",
+        "sample",
         "--limit",
         "4",
         "--max_turns",
@@ -61,16 +69,16 @@ def test_cli_eval_on_demo_data_with_tiny_model(tiny_model_dir, tmp_path):
     assert main(argv) == 0
     results, trajectories, markdown = read_outputs(out)
     assert len(trajectories) == 4
-    assert [row["id"] for row in trajectories] == load_qa_dataset("demo", limit=4)["id"]
+    assert [row["id"] for row in trajectories] == load_qa_dataset("sample", limit=4)["id"]
     assert_consistent(results, trajectories)
     assert results["prompt_template"] == DEFAULT_PROMPT_TEMPLATE
     assert results["conversational"] is True  # the tiny tokenizer has a chat template
     assert results["rollout"]["max_turns"] == 1 and results["rollout"]["retrieval_top_k"] == 3
     assert results["retriever"]["class"] == "BM25Retriever"
     assert results["model"] == tiny_model_dir
-    assert results["datasets"]["demo"]["split"] == "test"
-    assert markdown.startswith("| Method | Demo | Avg. |\n|---|---|---|\n| search | ")
-    em = f"{results['datasets']['demo']['em']:.3f}"
+    assert results["datasets"]["sample"]["split"] == "test"
+    assert markdown.startswith("| Method | Sample | Avg. |\n|---|---|---|\n| search | ")
+    em = f"{results['datasets']['sample']['em']:.3f}"
     assert f"| EM | {em} | {em} |" in markdown
     for row in trajectories:  # the random model writes no valid action: every turn it takes is invalid
         assert row["completion_tokens"] >= row["policy_tokens"] > 0
@@ -103,20 +111,20 @@ class OracleGenerator:
 
 
 @pytest.fixture(scope="module")
-def demo_oracle(tiny_tokenizer):
-    dataset = load_qa_dataset("demo", limit=6)
+def sample_oracle(tiny_tokenizer):
+    dataset = load_qa_dataset("sample", limit=6)
     answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
     right = set(dataset["question"][::2])  # half right: EM 0.5
     return OracleGenerator(tiny_tokenizer, answers, right)
 
 
-def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, tmp_path):
+def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, sample_oracle, tmp_path):
     results = evaluate(
         None,
-        "demo",
-        ["demo"],
+        "sample",
+        ["sample"],
         tokenizer=tiny_tokenizer,
-        generator=demo_oracle,
+        generator=sample_oracle,
         limit=6,
         output_dir=str(tmp_path),
         batch_size=4,
@@ -126,14 +134,14 @@ def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, 
     on_disk, trajectories, markdown = read_outputs(tmp_path)
     assert on_disk["datasets"] == results["datasets"]
     assert_consistent(results, trajectories)
-    demo = results["datasets"]["demo"]
-    assert demo["num_questions"] == 6
-    assert demo["em"] == pytest.approx(0.5)
-    assert demo["searches_per_question"] == 1.0 and demo["invalid_action_rate"] == 0.0
-    assert demo["answered"] == 1.0 and demo["format_valid"] == 1.0
-    # The demo's single-hop questions are answerable by a search for the question itself.
-    assert demo["answer_retrieved"] == pytest.approx(sum(row["answer_retrieved"] for row in trajectories) / 6)
-    assert demo["answer_retrieved"] > 0
+    sample = results["datasets"]["sample"]
+    assert sample["num_questions"] == 6
+    assert sample["em"] == pytest.approx(0.5)
+    assert sample["searches_per_sample"] == 1.0 and sample["invalid_action_rate"] == 0.0
+    assert sample["answered_ratio"] == 1.0 and sample["format_valid"] == 1.0
+    # The sample data's single-hop questions are answerable by a search for the question itself.
+    assert sample["answer_retrieved_ratio"] == pytest.approx(sum(row["answer_retrieved"] for row in trajectories) / 6)
+    assert sample["answer_retrieved_ratio"] > 0
     for row in trajectories:
         assert row["queries"] == [row["question"]]
         assert row["em"] == float(row["answer"] == row["golden_answers"][0])
@@ -141,8 +149,8 @@ def test_evaluate_aggregates_scripted_trajectories(tiny_tokenizer, demo_oracle, 
     assert "| search | 0.500 | 0.500 |" in markdown
 
 
-def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, demo_oracle, tmp_path):
-    # Demo questions laid out as FlashRAG's Hub repository, under two of the paper's dataset names.
+def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, sample_oracle, tmp_path):
+    # Sample questions laid out as FlashRAG's Hub repository, under two of the paper's dataset names.
     with open(SAMPLE_QUESTIONS_PATH, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle][:6]
     for name, part in (("nq", rows[:4]), ("hotpotqa", rows[4:])):
@@ -150,10 +158,10 @@ def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, demo_oracle
         (tmp_path / "data" / name / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
     results = evaluate(
         None,
-        "demo",
+        "sample",
         "hotpotqa,nq",
         tokenizer=tiny_tokenizer,
-        generator=demo_oracle,
+        generator=sample_oracle,
         batch_size=3,
         data_dir=str(tmp_path / "data"),
         output_dir=str(tmp_path / "out"),
@@ -176,13 +184,13 @@ def test_evaluate_several_datasets_from_a_local_copy(tiny_tokenizer, demo_oracle
 
 
 @pytest.mark.parametrize("baseline", ["direct", "rag"])
-def test_baselines_use_the_same_harness(baseline, tiny_tokenizer, demo_oracle, tmp_path):
+def test_baselines_use_the_same_harness(baseline, tiny_tokenizer, sample_oracle, tmp_path):
     results = evaluate(
         None,
-        "demo",
-        "demo",
+        "sample",
+        "sample",
         tokenizer=tiny_tokenizer,
-        generator=demo_oracle,
+        generator=sample_oracle,
         limit=6,
         baseline=baseline,
         output_dir=str(tmp_path),
@@ -191,20 +199,20 @@ def test_baselines_use_the_same_harness(baseline, tiny_tokenizer, demo_oracle, t
     )
     _, trajectories, markdown = read_outputs(tmp_path)
     assert_consistent(results, trajectories)
-    demo = results["datasets"]["demo"]
-    assert results["rollout"]["max_turns"] == 0 and demo["searches_per_question"] == 0.0
-    assert demo["em"] == pytest.approx(0.5)
+    sample = results["datasets"]["sample"]
+    assert results["rollout"]["max_turns"] == 0 and sample["searches_per_sample"] == 0.0
+    assert sample["em"] == pytest.approx(0.5)
     assert markdown.splitlines()[2].startswith(f"| {baseline} | 0.500 |")
     if baseline == "direct":
-        assert results["retriever"] is None and demo["answer_retrieved"] is None
+        assert results["retriever"] is None and sample["answer_retrieved_ratio"] is None
         assert "{passages}" not in results["prompt_template"]
     else:
         assert results["retriever"]["class"] == "BM25Retriever"
         assert all(row["prompt_passages"].startswith("Doc 1(Title: ") for row in trajectories)
-        assert demo["answer_retrieved"] > 0
+        assert sample["answer_retrieved_ratio"] > 0
 
 
-def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, demo_oracle, tmp_path, monkeypatch):
+def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, sample_oracle, tmp_path, monkeypatch):
     """`backend="vllm"` builds `vllm.LLM` from the model path and generates greedily with stop strings, per-row
     limits and the model's EOS ids. vLLM is not installed here: a stand-in module answers like the oracle."""
     import sys
@@ -227,7 +235,7 @@ def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, de
             outputs = []
             for prompt, params in zip(prompts, sampling_params):
                 self.params.append(params)
-                turn = demo_oracle.generate([prompt["prompt_token_ids"]], [params.max_tokens], params.stop)[0]
+                turn = sample_oracle.generate([prompt["prompt_token_ids"]], [params.max_tokens], params.stop)[0]
                 completion = types.SimpleNamespace(
                     token_ids=turn.token_ids, logprobs=None, finish_reason="stop" if turn.stopped else "length"
                 )
@@ -237,8 +245,8 @@ def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, de
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     results = evaluate(
         tiny_model_dir,
-        "demo",
-        "demo",
+        "sample",
+        "sample",
         limit=6,
         backend="vllm",
         output_dir=str(tmp_path),
@@ -248,7 +256,7 @@ def test_vllm_backend_is_wired_to_the_rollout(tiny_model_dir, tiny_tokenizer, de
     )
     _, trajectories, _ = read_outputs(tmp_path)
     assert_consistent(results, trajectories)
-    assert results["datasets"]["demo"]["em"] == pytest.approx(0.5)
+    assert results["datasets"]["sample"]["em"] == pytest.approx(0.5)
     assert results["generation"]["generator"] == "VLLMColocateGenerator"
     assert results["generation"]["vllm_kwargs"] == {"gpu_memory_utilization": 0.5}
     (engine,) = engines
@@ -271,9 +279,16 @@ def test_summarize_and_markdown_layout():
         "answered": True,
         "format_valid": False,
         "completion_tokens": 10,
+        "policy_tokens": 6,
     }
     summary = summarize([row, {**row, "em": 1.0, "num_invalid": 0}])
-    assert summary["em"] == 0.5 and summary["invalid_action_rate"] == 1 / 8 and summary["answer_retrieved"] is None
+    # One vocabulary: the rollout statistics carry the names the trainer logs as `search/<name>`.
+    sums = {name: 1.0 for name in RolloutOutput(samples=[]).statistic_sums()}
+    assert set(rollout_metrics(sums)) <= set(summary) and set(rollout_metrics(sums)) <= set(METRICS)
+    assert summary["searches_per_sample"] == 2.0 and summary["turns_per_sample"] == 4.0
+    assert summary["answered_ratio"] == 1.0 and summary["masked_token_ratio"] == pytest.approx(0.4)
+    assert summary["em"] == 0.5 and summary["invalid_action_rate"] == 1 / 8
+    assert summary["answer_retrieved_ratio"] is None  # nothing retrieved: kept, as None
     results = {"label": "Search-R1", "datasets": {"nq": summary, "hotpotqa": summary}, "average": summary}
     lines = results_markdown(results).splitlines()
     assert lines[:3] == [
@@ -286,19 +301,23 @@ def test_summarize_and_markdown_layout():
 
 def test_evaluate_validates_its_arguments(tiny_tokenizer):
     with pytest.raises(ValueError, match="limit"):
-        evaluate(None, "demo", "demo", tokenizer=tiny_tokenizer, limit=0)
+        evaluate(None, "sample", "sample", tokenizer=tiny_tokenizer, limit=0)
     with pytest.raises(ValueError, match="backend"):
-        evaluate(None, "demo", "demo", tokenizer=tiny_tokenizer, backend="sglang")
+        evaluate(None, "sample", "sample", tokenizer=tiny_tokenizer, backend="sglang")
     with pytest.raises(ValueError, match="baseline"):
-        evaluate(None, None, "demo", tokenizer=tiny_tokenizer, baseline="oracle")
+        evaluate(None, None, "sample", tokenizer=tiny_tokenizer, baseline="oracle")
     with pytest.raises(ValueError, match="retriever"):
-        evaluate(None, None, "demo", tokenizer=tiny_tokenizer)
+        evaluate(None, None, "sample", tokenizer=tiny_tokenizer)
     with pytest.raises(ValueError, match="tokenizer"):
-        evaluate(object(), "demo", "demo")
+        evaluate(object(), "sample", "sample")
     with pytest.raises(ValueError, match="passages"):  # caught before any model is loaded
-        evaluate("no/such-model", "demo", "demo", baseline="rag", prompt_template="{question}")
+        evaluate("no/such-model", "sample", "sample", baseline="rag", prompt_template="{question}")
     with pytest.raises(ValueError, match="Unknown dataset"):
-        evaluate("no/such-model", "demo", "demo,nope")
+        evaluate("no/such-model", "sample", "sample,nope")
+    with pytest.raises(ValueError, match="now called 'sample'.*--datasets sample"):
+        evaluate("no/such-model", "sample", "demo")
+    with pytest.raises(ValueError, match="now called 'sample'.*--retriever sample"):
+        evaluate("no/such-model", "demo", "sample")
 
 
 def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_dir, tmp_path):
@@ -318,7 +337,7 @@ def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_di
     }
     save_search_settings(str(model_dir), {**saved, "max_tokens_per_turn": 8, "max_completion_length": 96})
 
-    results = evaluate(str(model_dir), "demo", "demo", limit=2, max_turns=1, progress=False)
+    results = evaluate(str(model_dir), "sample", "sample", limit=2, max_turns=1, progress=False)
 
     assert results["prompt_template"] == template and results["conversational"] is False
     assert results["rollout"]["max_turns"] == 1  # given explicitly: wins over the saved value
@@ -329,15 +348,15 @@ def test_evaluation_reads_the_search_settings_saved_with_the_model(tiny_model_di
 def test_evaluate_scores_the_executed_answer_not_a_span_through_the_passages(tiny_tokenizer, tmp_path):
     """An unclosed `<answer>` while thinking used to make the scored span run through the retrieved passages to the
     final `</answer>`: all answers right, yet EM 0."""
-    dataset = load_qa_dataset("demo", limit=4)
+    dataset = load_qa_dataset("sample", limit=4)
     answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
     oracle = OracleGenerator(tiny_tokenizer, answers, set(answers), stray_answer=" <answer> perhaps")
     results = evaluate(
-        None, "demo", ["demo"], tokenizer=tiny_tokenizer, generator=oracle, limit=4, output_dir=str(tmp_path),
+        None, "sample", ["sample"], tokenizer=tiny_tokenizer, generator=oracle, limit=4, output_dir=str(tmp_path),
         max_turns=1, progress=False,
     )  # fmt: skip
     _, trajectories, _ = read_outputs(tmp_path)
     assert all("<answer> perhaps" in row["completion"] for row in trajectories)
     assert [row["answer"] for row in trajectories] == [answers[row["question"]] for row in trajectories]
-    assert results["datasets"]["demo"]["em"] == 1.0
+    assert results["datasets"]["sample"]["em"] == 1.0
     assert_consistent(results, trajectories)

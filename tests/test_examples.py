@@ -1,4 +1,4 @@
-"""examples/train_nq.py with examples/configs/demo.yaml: two CPU processes under DDP and under DeepSpeed ZeRO-2."""
+"""examples/train_nq.py with examples/configs/sample.yaml: two CPU processes under DDP and under DeepSpeed ZeRO-2."""
 
 import json
 import os
@@ -11,9 +11,10 @@ import pytest
 from .test_distributed import ROOT, accelerate_launch
 
 
-def run_demo(tmp_path, accelerate_config, timeout):
+def run_sample(tmp_path, accelerate_config, timeout):
     out = tmp_path / "out"
-    script = ["tests/multiprocess/run_train_nq.py", "--config", "examples/configs/demo.yaml", "--output_dir", str(out)]
+    config = "examples/configs/sample.yaml"
+    script = ["tests/multiprocess/run_train_nq.py", "--config", config, "--output_dir", str(out)]
     accelerate_launch(
         script,
         timeout=timeout,
@@ -40,18 +41,18 @@ def check_trained(runs, out):
 
 
 @pytest.mark.slow
-def test_demo_config_trains_on_two_cpu_processes_with_ddp(tmp_path):
-    runs, out = run_demo(tmp_path, "cpu_ddp.yaml", timeout=300)
+def test_sample_config_trains_on_two_cpu_processes_with_ddp(tmp_path):
+    runs, out = run_sample(tmp_path, "cpu_ddp.yaml", timeout=300)
     assert all(run["distributed_type"] == "DistributedType.MULTI_CPU" for run in runs)
     assert not any(run["is_deepspeed_enabled"] for run in runs)
     check_trained(runs, out)
 
 
 @pytest.mark.slow
-def test_demo_config_trains_on_two_cpu_processes_with_deepspeed_zero2(tmp_path, monkeypatch):
+def test_sample_config_trains_on_two_cpu_processes_with_deepspeed_zero2(tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
     monkeypatch.setenv("TRL_SEARCH_SKIP_DS_SHM_OP", "1")
-    runs, out = run_demo(tmp_path, "cpu_zero2.yaml", timeout=400)
+    runs, out = run_sample(tmp_path, "cpu_zero2.yaml", timeout=400)
     # `accelerate launch --cpu` with a DeepSpeed config silently drops DeepSpeed: check that it really ran
     assert all(run["is_deepspeed_enabled"] and run["zero_stage"] == 2 for run in runs)
     assert all(run["distributed_type"] == "DistributedType.DEEPSPEED" for run in runs)
@@ -62,7 +63,7 @@ CONFIGS = os.path.join(ROOT, "examples", "configs")
 
 
 @pytest.mark.parametrize(
-    "name", ["qwen2.5-3b-grpo.yaml", "qwen2.5-7b-grpo.yaml", "qwen3-4b-tool-call.yaml", "demo.yaml"]
+    "name", ["qwen2.5-3b-grpo.yaml", "qwen2.5-7b-grpo.yaml", "qwen3-4b-tool-call.yaml", "sample.yaml"]
 )
 def test_configs_parse_and_start_with_their_launch_command(name):
     from .multiprocess.run_train_nq import load_example
@@ -75,8 +76,8 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     script_args, training_args, model_args = (
         load_example().make_parser().parse_args_and_config(["--config", path, "--bf16", "false", "--use_cpu", "true"])
     )
-    if name == "demo.yaml":
-        assert script_args.demo and training_args.max_turns == 2
+    if name == "sample.yaml":
+        assert script_args.sample_data and training_args.max_turns == 2
         return
     if name == "qwen3-4b-tool-call.yaml":
         assert training_args.search_protocol == "tool_call" and script_args.prompt_style == "chat"
@@ -91,6 +92,15 @@ def test_configs_parse_and_start_with_their_launch_command(name):
     assert training_args.max_tokens_per_turn == training_args.max_obs_length == 500
     completions = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * 8
     assert completions // training_args.num_generations == 512
+
+
+def test_the_former_demo_flag_names_its_new_spelling(tmp_path):
+    from .multiprocess.run_train_nq import load_example
+
+    config = tmp_path / "old.yaml"
+    config.write_text("demo: true\nuse_cpu: true\n")
+    with pytest.raises(ValueError, match="--sample_data"):
+        load_example().make_parser().parse_args_and_config(["--config", str(config)])
 
 
 @pytest.mark.slow

@@ -195,6 +195,16 @@ def test_save_load_round_trip(name, request, tmp_path):
         assert [p.score for p in hits_after] == pytest.approx([p.score for p in hits_before], rel=1e-5, abs=1e-6)
 
 
+def test_sample_spec_is_the_shipped_corpus_and_the_former_name_says_so(tmp_path, monkeypatch):
+    from trl_search.data import SAMPLE_CORPUS_PATH
+
+    retriever = load_retriever("sample")
+    assert isinstance(retriever, BM25Retriever) and len(retriever) == len(list(iter_corpus(SAMPLE_CORPUS_PATH)))
+    monkeypatch.chdir(tmp_path)  # no directory called "demo" here
+    with pytest.raises(ValueError, match=r"now called 'sample'.*load_retriever\('sample'\) / --retriever sample"):
+        load_retriever("demo")
+
+
 # ----- BM25 specifics -------------------------------------------------------------------------------------------
 
 

@@ -259,15 +259,15 @@ def test_evaluate_with_the_tool_call_protocol(family, chat_tokenizer, tmp_path):
     from trl_search.data import load_qa_dataset
     from trl_search.evaluation import evaluate
 
-    dataset = load_qa_dataset("demo", limit=4)
+    dataset = load_qa_dataset("sample", limit=4)
     answers = dict(zip(dataset["question"], (golds[0] for golds in dataset["golden_answers"])))
     results = evaluate(
-        None, "demo", ["demo"], tokenizer=chat_tokenizer, generator=ToolCallOracle(chat_tokenizer, family, answers),
+        None, "sample", ["sample"], tokenizer=chat_tokenizer, generator=ToolCallOracle(chat_tokenizer, family, answers),
         protocol="tool_call", limit=4, max_turns=2, output_dir=str(tmp_path), progress=False,
     )  # fmt: skip
     assert results["rollout"]["protocol"] == "tool_call" and results["conversational"] is True
-    assert results["datasets"]["demo"]["em"] == 1.0
-    assert results["datasets"]["demo"]["searches_per_question"] == 1.0
+    assert results["datasets"]["sample"]["em"] == 1.0
+    assert results["datasets"]["sample"]["searches_per_sample"] == 1.0
     with open(tmp_path / "trajectories.jsonl") as handle:
         rows = [json.loads(line) for line in handle]
     assert [row["answer"] for row in rows] == [answers[row["question"]] for row in rows]

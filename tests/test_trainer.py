@@ -118,9 +118,10 @@ def test_two_steps_update_the_weights_and_the_mask_reaches_the_loss(
         samples = output.samples
         assert entry["search/searches_per_sample"] == pytest.approx(sum(s.num_searches for s in samples) / 4)
         found = [s.answer_in_retrieval for s in samples if s.answer_in_retrieval is not None]
-        assert entry["search/answer_in_retrieval_ratio"] == pytest.approx(sum(found) / len(found))
+        assert entry["search/answer_retrieved_ratio"] == pytest.approx(sum(found) / len(found))
         assert entry["search/answered_ratio"] == 1.0
         assert entry["search/invalid_action_rate"] == 0.0
+        assert entry["search/turns_per_sample"] == pytest.approx(sum(s.num_turns for s in samples) / 4)
         assert entry["search/retriever_calls"] == 1.0
         assert entry["rewards/exact_match_reward/mean"] == pytest.approx(0.5)  # each group: one right, one wrong
         assert (entry["search/masked_token_ratio"] > 0.2) == mask_retrieved_tokens

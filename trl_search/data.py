@@ -139,7 +139,7 @@ class QADatasetInfo:
     label: str  # column header in the paper's table
     multi_hop: bool
     hub_config: str | None = None  # folder in FLASHRAG_REPO
-    local_file: str | None = None  # shipped file (the demo)
+    local_file: str | None = None  # shipped file (the sample data)
 
 
 QA_DATASETS = {
@@ -150,8 +150,10 @@ QA_DATASETS = {
     "2wikimultihopqa": QADatasetInfo("2wiki", True, hub_config="2wikimultihopqa"),
     "musique": QADatasetInfo("Musique", True, hub_config="musique"),
     "bamboogle": QADatasetInfo("Bamboogle", True, hub_config="bamboogle"),
-    "demo": QADatasetInfo("Demo", True, local_file=SAMPLE_QUESTIONS_PATH),
+    "sample": QADatasetInfo("Sample", True, local_file=SAMPLE_QUESTIONS_PATH),
 }
+# The shipped data's former registry name; refused with a message naming the new one.
+_OLD_SAMPLE_NAME = "demo"
 # The paper's seven evaluation sets, in its column order.
 PAPER_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 # Splits tried in order when none is given: the paper evaluates on test where a set has one, else on dev.
@@ -227,8 +229,8 @@ def qa_rows(
     source so that they stay unique when sources are mixed; a row without an id gets its position.
 
     Example:
-        >>> qa_rows([{"id": "7", "question": "Who?", "golden_answers": ["Nobody"]}], "demo", template="{question}")
-        [{'prompt': 'Who?', 'golden_answers': ['Nobody'], 'data_source': 'demo', 'id': 'demo/7', 'question': 'Who?'}]
+        >>> qa_rows([{"id": "7", "question": "Who?", "golden_answers": ["Nobody"]}], "nq", template="{question}")
+        [{'prompt': 'Who?', 'golden_answers': ['Nobody'], 'data_source': 'nq', 'id': 'nq/7', 'question': 'Who?'}]
     """
     out, dropped, seen = [], 0, set()
     for position, row in enumerate(rows):
@@ -276,7 +278,7 @@ def load_qa_dataset(
 
     Args:
         name: a registry name (`nq`, `triviaqa`, `popqa`, `hotpotqa`, `2wikimultihopqa`, `musique`, `bamboogle`, or
-            the shipped `demo`), or any label when `path` is a file.
+            the shipped `sample`), or any label when `path` is a file.
         split: `train`, `dev` or `test`; by default test where the set has one, else dev (the paper's choice).
         path: a local file (JSONL/JSON/parquet in FlashRAG's row format) or a directory laid out like the Hub
             repository (`<path>/<name>/<split>.jsonl`). Without it, registry sets download from
@@ -288,22 +290,27 @@ def load_qa_dataset(
     The split that was read is `dataset.split` (None for a single file given as `path`).
 
     Example:
-        >>> dataset = load_qa_dataset("demo", limit=2)
+        >>> dataset = load_qa_dataset("sample", limit=2)
         >>> dataset.column_names
         ['prompt', 'golden_answers', 'data_source', 'id', 'question']
         >>> dataset[0]["id"]
-        'demo/test_0'
+        'sample/test_0'
     """
     from datasets import Dataset
 
     info = QA_DATASETS.get(name)
-    row_split = None  # the demo keeps both splits in one file, told apart by metadata["split"]
+    row_split = None  # the sample data keeps both splits in one file, told apart by metadata["split"]
     if path is not None and os.path.isfile(path):
         file_path = os.fspath(path)
     elif path is not None:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path!r} is neither a file nor a directory of QA data.")
         file_path, split = _local_file(os.fspath(path), name, split)
+    elif name == _OLD_SAMPLE_NAME:
+        raise ValueError(
+            "The shipped data is now called 'sample': use load_qa_dataset('sample') / --datasets sample ('demo' is "
+            "the learning demo, `trl-search demo`)."
+        )
     elif info is None:
         raise ValueError(f"Unknown dataset {name!r}: choose one of {sorted(QA_DATASETS)}, or pass `path` to a file.")
     elif info.local_file is not None:

@@ -29,21 +29,24 @@ from .data import (
 from .protocols import validate_sequence
 from .retrievers.base import load_retriever
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward
-from .rollout import RolloutSettings
+from .rollout import RolloutSettings, rollout_metrics
 
 
 logger = logging.getLogger(__name__)
 
 BASELINES = (None, "direct", "rag")
-# name in results.json -> row label in results.md, in display order
+# name in results.json -> row label in results.md, in display order. The rollout statistics are named as the trainer's
+# `search/*` metrics (`rollout_metrics`); in evaluation a sample is one question's trajectory.
 METRICS = {
     "em": "EM",
     "f1": "F1",
     "cover_em": "Cover EM",
-    "searches_per_question": "Searches / question",
+    "searches_per_sample": "Searches / question",
+    "turns_per_sample": "Turns / question",
     "invalid_action_rate": "Invalid-action rate",
-    "answer_retrieved": "Gold answer retrieved",
-    "answered": "Answered",
+    "answer_retrieved_ratio": "Gold answer retrieved",
+    "answered_ratio": "Answered",
+    "masked_token_ratio": "Masked-token ratio",
     "format_valid": "Well-formed",
     "completion_tokens": "Completion tokens",
 }
@@ -124,36 +127,55 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _statistic_sums(trajectories: Sequence[dict]) -> dict[str, float]:
+    """`RolloutOutput.statistic_sums()` recomputed from trajectory records, one sample per question (so that a
+    `trajectories.jsonl` alone gives the summary back)."""
+    # None: nothing could be retrieved (the direct baseline), so the question does not count in the ratio.
+    retrieved = [record["answer_retrieved"] for record in trajectories if record["answer_retrieved"] is not None]
+    completion_tokens = sum(record["completion_tokens"] for record in trajectories)
+    return {
+        "samples": float(len(trajectories)),
+        "searches": float(sum(record["num_searches"] for record in trajectories)),
+        "invalid_actions": float(sum(record["num_invalid"] for record in trajectories)),
+        "turns": float(sum(record["num_turns"] for record in trajectories)),
+        "answered": float(sum(bool(record["answered"]) for record in trajectories)),
+        "injected_tokens": float(completion_tokens - sum(record["policy_tokens"] for record in trajectories)),
+        "completion_tokens": float(completion_tokens),
+        "answer_in_retrieval": float(sum(bool(found) for found in retrieved)),
+        "with_golden_answers": float(len(retrieved)),
+    }
+
+
 def summarize(trajectories: Sequence[dict]) -> dict:
     """Aggregates one dataset's trajectory records (as written to `trajectories.jsonl`) into its metrics.
 
-    `invalid_action_rate` is the share of turns whose action could not be run; `answer_retrieved` the share of
-    questions whose gold answer appeared in a retrieved passage (None when nothing could be retrieved: the direct
-    baseline).
+    The rollout statistics come from `trl_search.rollout.rollout_metrics`, under the names the trainer logs as
+    `search/<name>`, a sample being one question's trajectory: `searches_per_sample`, `turns_per_sample`,
+    `invalid_action_rate` (invalid actions over turns), `answered_ratio`, `masked_token_ratio` and
+    `answer_retrieved_ratio` (share of questions whose gold answer appeared in a retrieved passage; None when nothing
+    could be retrieved: the direct baseline). The evaluation's own: `num_questions`, `em`, `f1`, `cover_em`,
+    `format_valid` (share of well-formed completions) and `completion_tokens` (mean per question).
 
     Example:
-        >>> summarize([{"em": 1.0, "f1": 1.0, "cover_em": 1.0, "num_searches": 1, "num_invalid": 0, "num_turns": 2,
-        ...             "answer_retrieved": True, "answered": True, "format_valid": True, "completion_tokens": 40}])["em"]
-        1.0
+        >>> summary = summarize([{"em": 1.0, "f1": 1.0, "cover_em": 1.0, "num_searches": 1, "num_invalid": 0,
+        ...                       "num_turns": 2, "answer_retrieved": True, "answered": True, "format_valid": True,
+        ...                       "completion_tokens": 40, "policy_tokens": 30}])
+        >>> summary["em"], summary["searches_per_sample"], summary["masked_token_ratio"]
+        (1.0, 1.0, 0.25)
     """
-    turns = sum(record["num_turns"] for record in trajectories)
-    return {
+    summary = {
         "num_questions": len(trajectories),
         "em": _mean(record["em"] for record in trajectories),
         "f1": _mean(record["f1"] for record in trajectories),
         "cover_em": _mean(record["cover_em"] for record in trajectories),
-        "searches_per_question": _mean(record["num_searches"] for record in trajectories),
-        "invalid_action_rate": sum(record["num_invalid"] for record in trajectories) / turns if turns else 0.0,
-        "answer_retrieved": _mean(
-            None if record["answer_retrieved"] is None else float(record["answer_retrieved"])
-            for record in trajectories
-        ),
-        "answered": _mean(float(record["answered"]) for record in trajectories),
-        "format_valid": _mean(
-            None if record["format_valid"] is None else float(record["format_valid"]) for record in trajectories
-        ),
-        "completion_tokens": _mean(record["completion_tokens"] for record in trajectories),
+        **rollout_metrics(_statistic_sums(trajectories)),
     }
+    summary.setdefault("answer_retrieved_ratio", None)  # every dataset's summary has the same keys
+    summary["format_valid"] = _mean(
+        None if record["format_valid"] is None else float(record["format_valid"]) for record in trajectories
+    )
+    summary["completion_tokens"] = _mean(record["completion_tokens"] for record in trajectories)
+    return summary
 
 
 def _format_value(value) -> str:
@@ -252,7 +274,7 @@ def evaluate(
 
     Args:
         model: a model directory or Hub id, or a loaded `PreTrainedModel` (then pass `tokenizer`).
-        retriever: a `Retriever`, or a spec for `load_retriever` (index directory, URL, JSONL corpus, `"demo"`).
+        retriever: a `Retriever`, or a spec for `load_retriever` (index directory, URL, JSONL corpus, `"sample"`).
             Not needed for `baseline="direct"`.
         datasets: registry names (see `trl_search.data.QA_DATASETS`), as a list or a comma-separated string.
         baseline: None (search, up to `max_turns` searches), `"direct"` (answer without retrieval) or `"rag"`
@@ -277,7 +299,7 @@ def evaluate(
         >>> results = evaluate("Qwen/Qwen2.5-3B", "http://127.0.0.1:8000/retrieve", "nq,hotpotqa", limit=100,
         ...                    output_dir="eval/qwen3b")  # doctest: +SKIP
         >>> sorted(results["datasets"]), sorted(results["average"])[:3]  # doctest: +SKIP
-        (['hotpotqa', 'nq'], ['answer_retrieved', 'answered', 'completion_tokens'])
+        (['hotpotqa', 'nq'], ['answer_retrieved_ratio', 'answered_ratio', 'completion_tokens'])
     """
     from tqdm.auto import tqdm
 
@@ -293,7 +315,7 @@ def evaluate(
         raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}.")
     names = [name.strip() for name in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
     if not names or not all(names):
-        raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'demo' offline).")
+        raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'sample' offline).")
     model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     retriever = load_retriever(retriever) if baseline != "direct" and retriever is not None else None
     if baseline != "direct" and retriever is None:

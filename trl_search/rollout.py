@@ -66,8 +66,8 @@ class RolloutOutput:
     turns: int = 0
 
     def statistic_sums(self) -> dict[str, float]:
-        """Per-batch sums of what the rollout did, by name: the trainer's `search/*` metrics (summed over ranks) and
-        the evaluation's summary are ratios of these.
+        """Per-batch sums of what the rollout did, by name; `rollout_metrics` turns them (summed over ranks, or over a
+        dataset) into the trainer's `search/*` metrics and the evaluation's summary.
 
         Example:
             >>> sample = SampleTrajectory(prompt_ids=[1], completion_ids=[5, 6], env_mask=[1, 0])
@@ -86,6 +86,42 @@ class RolloutOutput:
             "answer_in_retrieval": float(sum(bool(sample.answer_in_retrieval) for sample in samples)),
             "with_golden_answers": float(sum(sample.answer_in_retrieval is not None for sample in samples)),
         }
+
+
+def rollout_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Named ratios of `RolloutOutput.statistic_sums()`: the one vocabulary of rollout statistics, logged by the
+    trainer as `search/<name>` and reported per dataset by `trl_search.evaluation.evaluate` as `<name>`.
+
+    - `searches_per_sample`: search turns per sample;
+    - `turns_per_sample`: generation turns per sample;
+    - `invalid_action_rate`: invalid actions over turns (turns whose action could not be run);
+    - `answered_ratio`: share of samples that ended with an answer;
+    - `masked_token_ratio`: share of completion tokens injected by the environment (masked out of the loss);
+    - `answer_retrieved_ratio`: share of samples with golden answers whose gold answer appeared in a retrieved
+      passage; absent when no sample has golden answers.
+
+    Sums may come from several batches or ranks added key by key. A sample is one completion in training and one
+    question's trajectory in evaluation.
+
+    Example:
+        >>> sample = SampleTrajectory(prompt_ids=[1], completion_ids=[5, 6, 7, 8], env_mask=[1, 0, 0, 1], num_searches=1,
+        ...                           num_turns=2, answered=True, answer_in_retrieval=True)
+        >>> sums = RolloutOutput(samples=[sample, SampleTrajectory(prompt_ids=[1], num_turns=1)]).statistic_sums()
+        >>> rollout_metrics(sums)  # doctest: +NORMALIZE_WHITESPACE
+        {'searches_per_sample': 0.5, 'turns_per_sample': 1.5, 'invalid_action_rate': 0.0, 'answered_ratio': 0.5,
+         'masked_token_ratio': 0.5, 'answer_retrieved_ratio': 1.0}
+    """
+    count = max(sums["samples"], 1)
+    metrics = {
+        "searches_per_sample": sums["searches"] / count,
+        "turns_per_sample": sums["turns"] / count,
+        "invalid_action_rate": sums["invalid_actions"] / max(sums["turns"], 1),
+        "answered_ratio": sums["answered"] / count,
+        "masked_token_ratio": sums["injected_tokens"] / max(sums["completion_tokens"], 1),
+    }
+    if sums["with_golden_answers"]:
+        metrics["answer_retrieved_ratio"] = sums["answer_in_retrieval"] / sums["with_golden_answers"]
+    return metrics
 
 
 @dataclass(frozen=True)

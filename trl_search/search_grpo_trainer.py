@@ -17,7 +17,7 @@ from .generation import TransformersGenerator
 from .hub import model_card_section, save_search_settings, search_settings
 from .retrievers.base import Retriever, load_retriever
 from .rewards import exact_match_reward
-from .rollout import RolloutOutput, SearchRollout
+from .rollout import RolloutOutput, SearchRollout, rollout_metrics
 from .search_grpo_config import SearchGRPOConfig
 from .vllm_generation import make_vllm_generator
 
@@ -283,27 +283,19 @@ class SearchGRPOTrainer(GRPOTrainer):
 
     def _log_rollout_metrics(self, output: RolloutOutput, mode: str) -> None:
         device = self.accelerator.device
-        sums = output.statistic_sums()  # one vocabulary, shared with evaluation (see RolloutOutput.statistic_sums)
+        sums = output.statistic_sums()
         names = list(sums)
         totals = dict(zip(names, self.accelerator.gather(torch.tensor([list(sums.values())], device=device)).sum(0)))
         totals = {name: value.item() for name, value in totals.items()}
         per_rank = self.accelerator.gather(
             torch.tensor([[output.retriever_seconds, output.retriever_calls]], dtype=torch.float32, device=device)
         )
-        count = max(totals["samples"], 1)
-        searches, invalid, turns = totals["searches"], totals["invalid_actions"], totals["turns"]
-        answered, masked, total = totals["answered"], totals["injected_tokens"], totals["completion_tokens"]
-        in_retrieval, with_gold = totals["answer_in_retrieval"], totals["with_golden_answers"]
         metrics = trainer_metrics(self, mode)
-        metrics["search/searches_per_sample"].append(searches / count)
-        metrics["search/invalid_action_rate"].append(invalid / max(turns, 1))
-        metrics["search/masked_token_ratio"].append(masked / max(total, 1))
-        metrics["search/answered_ratio"].append(answered / count)
-        metrics["search/turns_per_sample"].append(turns / count)
+        # The ratios over all ranks' samples, named as in the evaluation's summary (one vocabulary: rollout_metrics).
+        for name, value in rollout_metrics(totals).items():
+            metrics[f"search/{name}"].append(value)
         metrics["search/retriever_seconds"].append(per_rank[:, 0].max().item())  # the slowest rank gates the step
         metrics["search/retriever_calls"].append(per_rank[:, 1].max().item())
-        if with_gold:
-            metrics["search/answer_in_retrieval_ratio"].append(in_retrieval / with_gold)
         # A CachedRetriever (directly, or inside a GatheredRetriever) reports its hit rate for this step.
         cache = self.retriever if hasattr(self.retriever, "reset_stats") else None
         if cache is not None:

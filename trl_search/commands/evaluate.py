@@ -16,7 +16,7 @@ class EvalArguments:
 
     Example:
         >>> from trl import TrlParser
-        >>> (args,) = TrlParser(EvalArguments).parse_args_and_config(["--model", "m", "--retriever", "demo"])
+        >>> (args,) = TrlParser(EvalArguments).parse_args_and_config(["--model", "m", "--retriever", "sample"])
         >>> args.retrieval_top_k is None, args.datasets.split(",")[:2]
         (True, ['nq', 'triviaqa'])
     """
@@ -26,7 +26,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Index directory, http(s) URL of a /retrieve server, a JSONL corpus (indexed with BM25 on the "
-            "fly) or 'demo' (the shipped demo corpus); not needed with --baseline direct."
+            "fly) or 'sample' (the shipped sample corpus); not needed with --baseline direct."
         },
     )
     datasets: str = field(
@@ -93,7 +93,7 @@ class EvalArguments:
 
     def __post_init__(self):
         if self.baseline != "direct" and self.retriever is None:
-            raise ValueError("--retriever is required unless --baseline direct (try --retriever demo offline).")
+            raise ValueError("--retriever is required unless --baseline direct (try --retriever sample offline).")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive number of questions per dataset, got {self.limit}.")
 

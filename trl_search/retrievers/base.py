@@ -145,15 +145,16 @@ class Retriever(ABC):
 
 def load_retriever(spec, **options) -> Retriever:
     """The one place that decides what a retriever spec means: a `Retriever` (returned as is), an `http(s)://` URL of
-    a `/retrieve` server, a saved index directory, a JSONL corpus (indexed with BM25 in memory on the fly), or `"demo"`
-    (BM25 over the shipped demo corpus).
+    a `/retrieve` server, a saved index directory, a JSONL corpus (indexed with BM25 in memory on the fly), or
+    `"sample"` (BM25 over the shipped sample corpus).
 
     A directory's `manifest.json` names its kind (`bm25`, `dense`, `hybrid`); `options` go to that class's `load`
     (e.g. `mmap=True` for BM25, `device="cuda"` for dense, `verify=True`), to `RemoteRetriever` for a URL, or to
     `BM25Retriever.build` for a corpus file.
 
     Example:
-        >>> [passage.title for passage in load_retriever("demo").search(["Which river flows through Qorugeth?"], k=1)[0]]
+        >>> (hits,) = load_retriever("sample").search(["Which river flows through Qorugeth?"], k=1)
+        >>> [passage.title for passage in hits]
         ['Qorugeth']
         >>> retriever = load_retriever("http://127.0.0.1:8000/retrieve")  # doctest: +SKIP
         >>> retriever = load_retriever("indexes/wiki-bm25", mmap=True)  # doctest: +SKIP
@@ -165,14 +166,20 @@ def load_retriever(spec, **options) -> Retriever:
         from .remote import RemoteRetriever
 
         return RemoteRetriever(spec, **options)
-    if spec == "demo" or (os.path.isfile(spec) and spec.endswith(".jsonl")):
+    if spec == "demo" and not os.path.exists(spec):
+        raise ValueError(
+            "The shipped corpus is now called 'sample': use load_retriever('sample') / --retriever sample ('demo' is "
+            "the learning demo, `trl-search demo`)."
+        )
+    if spec == "sample":
         from ..data import SAMPLE_CORPUS_PATH
         from .bm25 import BM25Retriever
 
-        if (
-            spec == "demo"
-        ):  # a few hundred passages: numpy scoring is instant, numba would first spend seconds compiling
-            return BM25Retriever.build(SAMPLE_CORPUS_PATH, backend="numpy", **options)
+        # A few hundred passages: numpy scoring is instant, numba would first spend seconds compiling.
+        return BM25Retriever.build(SAMPLE_CORPUS_PATH, backend="numpy", **options)
+    if os.path.isfile(spec) and spec.endswith(".jsonl"):
+        from .bm25 import BM25Retriever
+
         return BM25Retriever.build(spec, **options)
     from . import RETRIEVER_KINDS
     from .manifest import read_manifest

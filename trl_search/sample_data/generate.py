@@ -273,11 +273,11 @@ def _questions(countries, cities, people, companies, rng: random.Random) -> list
     return rng.sample(pool, NUM_QUESTIONS)
 
 
-def make_demo_data(seed: int = SEED) -> tuple[list[dict], list[dict]]:
-    """Builds the demo corpus rows and question rows (deterministic for a given seed).
+def make_sample_data(seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Builds the sample corpus rows and question rows (deterministic for a given seed).
 
     Example:
-        >>> corpus, questions = make_demo_data()
+        >>> corpus, questions = make_sample_data()
         >>> sorted(corpus[0]), sorted(questions[0])
         (['contents', 'id'], ['golden_answers', 'id', 'metadata', 'question'])
     """
@@ -301,14 +301,14 @@ def make_demo_data(seed: int = SEED) -> tuple[list[dict], list[dict]]:
     return corpus, questions
 
 
-def write_demo_data(directory: str | os.PathLike, seed: int = SEED) -> tuple[str, str]:
+def write_sample_data(directory: str | os.PathLike, seed: int = SEED) -> tuple[str, str]:
     """Writes `corpus.jsonl` and `questions.jsonl` into `directory` and returns their paths.
 
     Example:
-        >>> write_demo_data("/tmp/demo-data")  # doctest: +SKIP
-        ('/tmp/demo-data/corpus.jsonl', '/tmp/demo-data/questions.jsonl')
+        >>> write_sample_data("/tmp/sample-data")  # doctest: +SKIP
+        ('/tmp/sample-data/corpus.jsonl', '/tmp/sample-data/questions.jsonl')
     """
-    corpus, questions = make_demo_data(seed)
+    corpus, questions = make_sample_data(seed)
     os.makedirs(directory, exist_ok=True)
     paths = (os.path.join(directory, "corpus.jsonl"), os.path.join(directory, "questions.jsonl"))
     for path, rows in zip(paths, (corpus, questions)):
@@ -318,11 +318,11 @@ def write_demo_data(directory: str | os.PathLike, seed: int = SEED) -> tuple[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the trl-search demo corpus and questions.")
+    parser = argparse.ArgumentParser(description="Write the trl-search sample corpus and questions.")
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="output directory")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
-    for path in write_demo_data(args.out, args.seed):
+    for path in write_sample_data(args.out, args.seed):
         print(path)
 
 
