@@ -37,13 +37,13 @@ def test_every_stage_runs_and_writes_its_outputs(toy_results):
     for stage in saved["stages"].values():
         assert set(stage) == {"all", "one_hop", "two_hop"}
         for metrics in stage.values():
-            assert 0.0 <= metrics["em"] <= 1.0 and 0.0 <= metrics["searches_per_question"] <= 2.0
+            assert 0.0 <= metrics["em"] <= 1.0 and 0.0 <= metrics["searches_per_sample"] <= 2.0
     for run in RL_RUNS:
         curves = saved["curves"][run]
         assert [point[0] for point in curves["reward"]] == [1, 2]
         assert [point["step"] for point in curves["heldout"]] == [0, 1, 2]
         assert {"em_one_hop", "em_two_hop", "searches_one_hop", "searches_two_hop"} <= set(curves["heldout"][0])
-    assert saved["stages"]["rl_no_retrieval"]["all"]["answer_retrieved"] == 0.0
+    assert saved["stages"]["rl_no_retrieval"]["all"]["answer_retrieved_ratio"] == 0.0
     # the toy cannot reach the copy rate: the warm start ran to its cap, checking every 2 steps
     assert saved["warm_start"]["stopped_by"] == "step cap" and saved["warm_start"]["steps"] == 4
     assert [point[0] for point in saved["warm_start"]["copy_rate"]] == [2, 4]
@@ -130,6 +130,76 @@ def test_bad_settings_name_the_fix():
         DemoConfig(sft_copy_threshold=1.5)
     with pytest.raises(ValueError, match="DemoPipeline runs one seed"):
         DemoPipeline(DemoConfig.toy(seeds=2))
+
+
+def test_protocol_settings_default_per_protocol():
+    tags, tool_call = DemoConfig(), DemoConfig(protocol="tool_call")
+    assert (tags.vocab_size, tags.max_tokens_per_turn, tags.max_obs_length, tags.max_completion_length) == (
+        800,
+        16,
+        64,
+        160,
+    )
+    assert tool_call.max_tokens_per_turn > tags.max_tokens_per_turn and tool_call.vocab_size > tags.vocab_size
+    assert DemoConfig(protocol="tool_call", max_tokens_per_turn=24).max_tokens_per_turn == 24  # explicit wins
+    toy = DemoConfig.toy()
+    assert (toy.vocab_size, toy.max_tokens_per_turn, toy.max_obs_length, toy.max_completion_length) == (400, 6, 48, 96)
+    with pytest.raises(ValueError, match="Unknown protocol"):
+        DemoConfig(protocol="json")
+
+
+@pytest.fixture(scope="module")
+def tool_call_results(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("demo_tool_call"))
+    pipeline = DemoPipeline(DemoConfig.toy(protocol="tool_call", output_dir=output_dir, runs=("rl_search",)))
+    return pipeline, pipeline.run(), output_dir
+
+
+def test_tool_call_run_completes_and_records_its_protocol(tool_call_results):
+    pipeline, results, output_dir = tool_call_results
+    with open(os.path.join(output_dir, "results.json")) as handle:
+        saved = json.load(handle)
+    assert saved["config"]["protocol"] == "tool_call" and set(saved["stages"]) == {
+        "warm_start",
+        "warm_start_no_retrieval",
+        "rl_search",
+    }
+    assert saved["model"]["prompt_tokens"] > 100  # the template's system prompt shows the search tool
+    with open(os.path.join(output_dir, "eval", "rl_search", "results.json")) as handle:
+        assert json.load(handle)["rollout"]["protocol"] == "tool_call"
+    assert pipeline.tokenizer.eos_token == "<|im_end|>" and pipeline.protocol.name == "tool_call"
+    # every word of the training lands is one token after a space (in questions, queries, passages), and so is every
+    # training answer's first word bare (a tool-call answer starts with its name, right after the template's newline)
+    encode = lambda text: pipeline.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for land in pipeline.world.train_lands:
+        for word in " ".join([land.name, *land.values.values()]).split():
+            assert len(encode(" " + word)) == 1, word
+    for question in pipeline.world.train_questions:
+        assert len(encode(question["golden_answers"][0].split()[0])) == 1, question
+
+
+def test_tool_call_demonstrations_train_the_assistant_turns_only(tool_call_results):
+    pipeline, _, _ = tool_call_results
+    tokenizer, questions = pipeline.tokenizer, pipeline.world.train_questions
+    plans = make_plans(questions, TeacherSkill.perfect(), pipeline.world.answer_pool, seed=0)
+    with deterministic_torch(1):
+        prompt_ids, output = teacher_rollout(questions, plans, pipeline.retriever, tokenizer, pipeline.config)
+    masked = demonstration_rows(prompt_ids, output.samples, observation_loss=False)
+    drills = demonstration_rows(prompt_ids, output.samples, observation_loss=False, tokenizer=tokenizer)
+    for row, drill, sample, question in zip(masked, drills, output.samples, questions):
+        assert sample.num_searches == (1 if question["type"] == "one_hop" else 2)
+        learnt = tokenizer.decode([token for token, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert learnt.count("<tool_call>") == sample.num_searches and "<tool_response>" not in learnt
+        assert "<|im_start|>" not in learnt and learnt.endswith(f"{question['golden_answers'][0]}<|im_end|>")
+        drilled = tokenizer.decode(
+            [token for token, label in zip(drill["input_ids"], drill["labels"]) if label != -100]
+        )
+        # a drill teaches the names: never a call's start (the action, the query's first word)
+        assert "<tool_call>" not in drilled and '"query"' not in drilled and "capital" not in drilled
+        assert drilled.endswith(f"{question['golden_answers'][0]}<|im_end|>")
+    with deterministic_torch(1):
+        rates = pipeline.copy_rate(pipeline.model)
+    assert set(rates) == {"all", "one_hop", "two_hop"}
 
 
 def test_empty_retriever_finds_nothing():

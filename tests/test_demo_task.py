@@ -11,10 +11,12 @@ from trl_search.demo.world import (
     Plan,
     TeacherGenerator,
     TeacherSkill,
+    forced_start,
     make_plans,
     make_prompt,
     make_world,
     read_fact,
+    render_turn,
     teacher_turn,
 )
 from trl_search.retrievers import BM25Retriever
@@ -185,3 +187,102 @@ def test_teacher_plays_inside_the_real_rollout(world, retriever):
     assert all(prefix == "<answer>" or prefix.count(" ") == 1 for prefix in completer.continued)
     with pytest.raises(ValueError, match="one plan per distinct question"):
         TeacherGenerator(tokenizer, plans + plans[:1])
+
+
+def test_teacher_turns_as_tool_calls():
+    """The same decisions as tags, written as Qwen2.5 assistant turns; the forced start of a call ends at the query's
+    first word, and a tool-call answer (the bare name) has none."""
+    two_hop = {
+        "type": TWO_HOP,
+        "attribute": "founder",
+        "land": "Vor Lak",
+        "bridge": "river",
+        "bridge_value": "Zum Bro",
+    }
+    passage = "Doc 1(Title: Vor Lak) The river of Vor Lak is Zum Bro."
+    call = teacher_turn(Plan(two_hop, "chain", "Ka Lo"), [passage], "tool_call")
+    assert call == '<tool_call>\n{"name": "search", "arguments": {"query": "founder Vor Lak"}}\n</tool_call><|im_end|>'
+    assert forced_start(call) == '<tool_call>\n{"name": "search", "arguments": {"query": "founder'
+    answer = teacher_turn(Plan(two_hop, "shortcut", "Ka Lo"), [passage], "tool_call")
+    assert answer == "Vor Lak<|im_end|>" and forced_start(answer) == ""
+    for plan in (Plan(two_hop, behaviour, "Ka Lo") for behaviour in ("chain", "shortcut", "guess")):
+        for observations in ([], [passage]):
+            tags = teacher_turn(plan, observations)
+            kind = "search" if tags.startswith("<search>") else "answer"
+            assert teacher_turn(plan, observations, "tool_call") == render_turn(
+                kind, tags[len(kind) + 3 : -len(kind) - 4], "tool_call"
+            )
+    with pytest.raises(ValueError, match="Unknown protocol"):
+        render_turn("answer", "Zum Bro", "json")
+
+
+class _ChatCompleter:
+    """`_Completer` for tool calls: continues each forced start with the rest of the perfect teacher's turn."""
+
+    def __init__(self, teacher):
+        self.teacher, self.continued = teacher, []
+        self.eos_token_ids = teacher.eos_token_ids
+
+    def generate(self, contexts, max_new_tokens, stop_strings):
+        from trl_search.generation import GeneratedTurn
+
+        tokenizer, turns = self.teacher.tokenizer, []
+        for context in contexts:
+            plan, observations = self.teacher._plan_and_observations(context)
+            full = teacher_turn(plan, observations, "tool_call")
+            start = forced_start(full)
+            assert tokenizer.decode(context, skip_special_tokens=False).endswith("assistant\n" + start)
+            self.continued.append(start)
+            turns.append(
+                GeneratedTurn(tokenizer(full[len(start) :], add_special_tokens=False)["input_ids"], stopped=True)
+            )
+        return turns
+
+
+def test_teacher_writes_tool_calls_inside_the_real_rollout(world, retriever):
+    from trl_search.data import tokenize_prompts
+    from trl_search.offline_models import build_chat_tokenizer
+    from trl_search.rewards import exact_match_reward
+    from trl_search.rollout import SearchRollout
+
+    tokenizer = build_chat_tokenizer([row["contents"] for row in world.corpus], "qwen2_5", vocab_size=900)
+    rollout = SearchRollout(
+        retriever, tokenizer, protocol="tool_call", max_turns=2, retrieval_top_k=1, max_completion_length=320
+    )
+    protocol = rollout.protocol
+    questions = world.test_questions[:24]
+    prompts = tokenize_prompts(
+        [[{"role": "user", "content": make_prompt(question["question"])}] for question in questions],
+        tokenizer,
+        tools=protocol.tools,
+    )
+    golds = [question["golden_answers"] for question in questions]
+    searches = {"good": 1, "lazy": 1, "guess": 0, "chain": 2, "shortcut": 1}
+    for skill in (TeacherSkill.perfect(), TeacherSkill(chain=0.4, shortcut=0.3)):
+        plans = make_plans(questions, skill, world.answer_pool, seed=1)
+        output = rollout.run(prompts, TeacherGenerator(tokenizer, plans, protocol=protocol))
+        for sample, plan in zip(output.samples, plans):
+            assert sample.num_searches == searches[plan.behaviour] and sample.num_invalid == 0, plan
+            assert sample.stop_reason == "answer" and sample.completion_ids[-1] == tokenizer.eos_token_id
+            # policy turns (mask 1) are exactly the teacher's turns; every tool message is the rollout's (mask 0)
+            policy = tokenizer.decode([t for t, m in zip(sample.completion_ids, sample.env_mask) if m])
+            injected = tokenizer.decode([t for t, m in zip(sample.completion_ids, sample.env_mask) if not m])
+            assert policy.count("<tool_call>") == sample.num_searches and "<tool_response>" not in policy
+            assert injected.count("<tool_response>") == sample.num_searches and "<tool_call>" not in injected
+            assert policy.endswith(f"{sample.predicted_answer}<|im_end|>")
+            if plan.behaviour == "guess":
+                assert sample.predicted_answer == plan.guess
+        scores = exact_match_reward([""] * len(questions), golds, [s.predicted_answer for s in output.samples])
+        if skill == TeacherSkill.perfect():
+            assert scores == [1.0] * len(questions)
+    # with an answerer, the teacher forces each call up to the query's first word; the answerer writes the rest
+    plans = make_plans(questions, TeacherSkill.perfect(), world.answer_pool, seed=1)
+    completer = _ChatCompleter(TeacherGenerator(tokenizer, plans, protocol=protocol))
+    output = rollout.run(prompts, TeacherGenerator(tokenizer, plans, protocol=protocol, answerer=completer))
+    assert exact_match_reward([""] * len(questions), golds, [s.predicted_answer for s in output.samples]) == [
+        1.0
+    ] * len(questions)
+    assert set(completer.continued) - {""} and all(
+        start == "" or start.endswith(tuple(f'"{attribute.noun}' for attribute in ATTRIBUTES))
+        for start in completer.continued
+    )

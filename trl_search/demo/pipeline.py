@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 from transformers import PrinterCallback, TrainerCallback
 
+from ..retrievers.base import Retriever
 from .world import (
     BEHAVIOURS,
     PROMPT_TEMPLATE,
+    PROTOCOLS,
     QUESTION_TYPES,
     TeacherGenerator,
     TeacherSkill,
@@ -42,8 +44,15 @@ from .world import (
     make_prompt,
     make_world,
 )
-from ..retrievers.base import Retriever
 
+
+# What differs between the protocols: a tool call and the chat template's tool messages are longer than tags, and the
+# template's markup, JSON pieces and the names written bare (a tool-call answer starts with its name, no space before
+# it) need a larger vocabulary for every invented word to stay one token. A field left None takes its protocol's value.
+PROTOCOL_SETTINGS = {
+    "tags": dict(vocab_size=800, max_tokens_per_turn=16, max_obs_length=64, max_completion_length=160),
+    "tool_call": dict(vocab_size=1200, max_tokens_per_turn=40, max_obs_length=64, max_completion_length=224),
+}
 
 RL_RUNS = {  # run name -> (label, searches?, mask retrieved tokens?)
     "rl_search": ("RL with search (BM25)", True, True),
@@ -83,12 +92,23 @@ class DemoConfig:
     )
     workers: int = field(default=1, metadata={"help": "Processes running seeds side by side (one thread each)."})
     runs: tuple[str, ...] = field(default=tuple(RL_RUNS), metadata={"help": f"RL runs, among {list(RL_RUNS)}."})
+    protocol: str = field(
+        default="tags",
+        metadata={
+            "help": "Search protocol: `tags` (Search-R1's tags in a plain prompt) or `tool_call` (Qwen2.5 tool calls "
+            "of a `search` tool through TRL's Qwen2.5 chat template, which the tiny tokenizer carries). Longer "
+            "sequences: the vocabulary and token budgets below default per protocol (PROTOCOL_SETTINGS)."
+        },
+    )
     # world
     num_train_lands: int = field(default=150, metadata={"help": "Lands the training questions are about."})
     num_dev_lands: int = field(default=20, metadata={"help": "Lands of the validation questions (warm-start stop)."})
     num_test_lands: int = field(default=40, metadata={"help": "Lands of the held-out questions."})
     # tokenizer and model
-    vocab_size: int = field(default=800, metadata={"help": "BPE vocabulary: every invented word becomes one token."})
+    vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "BPE vocabulary: every invented word becomes one token (default 800, tool_call 1200)."},
+    )
     hidden_size: int = field(default=128, metadata={"help": "Width of the Qwen2 model."})
     intermediate_size: int = field(default=256, metadata={"help": "Width of the model's MLP."})
     num_layers: int = field(default=2, metadata={"help": "Layers of the Qwen2 model."})
@@ -132,9 +152,15 @@ class DemoConfig:
     # rollout
     max_turns: int = field(default=2, metadata={"help": "Searches per question (two-hop questions need two)."})
     retrieval_top_k: int = field(default=1, metadata={"help": "Passages per search."})
-    max_tokens_per_turn: int = field(default=16, metadata={"help": "Tokens the policy may write per turn."})
-    max_obs_length: int = field(default=64, metadata={"help": "Tokens per observation, tags included."})
-    max_completion_length: int = field(default=160, metadata={"help": "Tokens per completion, all turns."})
+    max_tokens_per_turn: int | None = field(
+        default=None, metadata={"help": "Tokens the policy may write per turn (default 16, tool_call 40)."}
+    )
+    max_obs_length: int | None = field(
+        default=None, metadata={"help": "Tokens per observation, tags or template markup included (default 64)."}
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "Tokens per completion, all turns (default 160, tool_call 224)."}
+    )
     # evaluation
     eval_every: int = field(default=20, metadata={"help": "RL steps between held-out evaluations."})
     eval_questions_during_rl: int = field(default=40, metadata={"help": "Held-out questions per type, during RL."})
@@ -145,6 +171,11 @@ class DemoConfig:
     num_threads: int = field(default=1, metadata={"help": "Torch threads per process."})
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown protocol {self.protocol!r}; choose one of {list(PROTOCOLS)}.")
+        for name, value in PROTOCOL_SETTINGS[self.protocol].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         unknown = set(self.runs) - set(RL_RUNS)
         if unknown:
             raise ValueError(f"Unknown RL runs {sorted(unknown)}; choose among {list(RL_RUNS)}.")
@@ -178,12 +209,16 @@ class DemoConfig:
 
     @classmethod
     def toy(cls, **overrides) -> DemoConfig:
-        """A seconds-long run that exercises every stage (for tests); it learns nothing."""
+        """A seconds-long run that exercises every stage (for tests); it learns nothing.
+
+        Example:
+            >>> DemoConfig.toy(protocol="tool_call").max_tokens_per_turn
+            40
+        """
         settings = dict(
             num_train_lands=6,
             num_dev_lands=2,
             num_test_lands=2,
-            vocab_size=400,
             hidden_size=32,
             num_layers=1,
             num_heads=2,
@@ -198,11 +233,10 @@ class DemoConfig:
             eval_every=1,
             eval_questions_during_rl=4,
             eval_batch_size=16,
-            max_tokens_per_turn=6,
-            max_obs_length=48,
-            max_completion_length=96,
             progress=False,
         )
+        if overrides.get("protocol", "tags") == "tags":  # tool calls keep their protocol's budgets: a call is longer
+            settings.update(vocab_size=400, max_tokens_per_turn=6, max_obs_length=48, max_completion_length=96)
         return cls(**{**settings, **overrides})
 
 
@@ -212,7 +246,9 @@ class DemoConfig:
 def tokenizer_texts(world: World, retriever, protocol) -> list[str]:
     """The text a tokenizer may learn from: the corpus without the held-out and validation lands' passages, and the
     training questions with the teacher's turns around one observation each, rendered by the protocol (so that the
-    tags and the observation format tokenise compactly).
+    tags and the observation format tokenise compactly). With the tool-call protocol (whose tokenizer renders the chat
+    template; any will do, the text does not depend on its vocabulary) each one is the whole conversation as the chat
+    template renders it, system prompt and tool schema included.
 
     Held-out names then split into pieces the model has met in training (a token seen only at test time would keep
     its random embedding, and could not be copied).
@@ -227,31 +263,62 @@ def tokenizer_texts(world: World, retriever, protocol) -> list[str]:
             query = ATTRIBUTE[question["attribute"]].query(question["land"])
         else:
             query = ATTRIBUTE[question["bridge"]].query(question["bridge_value"])
-        observation = protocol.render_observation(retriever.search([query], k=1)[0])
+        passages_found = retriever.search([query], k=1)[0]
         answer = question["golden_answers"][0]
+        if protocol.name == "tool_call":
+            call = {"name": "search", "arguments": {"query": query}}
+            conversation = [
+                *demo_prompt(question["question"], protocol.name),
+                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
+                {"role": "tool", "name": "search", "content": protocol.render_content(passages_found)},
+                {"role": "assistant", "content": answer},
+            ]
+            texts.append(protocol.tokenizer.apply_chat_template(conversation, tools=protocol.tools, tokenize=False))
+            continue
+        observation = protocol.render_observation(passages_found)
         texts.append(
             make_prompt(question["question"]) + f"<search> {query} </search>{observation}<answer> {answer} </answer>"
         )
     return passages + texts
 
 
+def demo_prompt(question: str, protocol: str = "tags") -> str | list[dict]:
+    """The prompt of a question: `make_prompt`'s text, as a user message for the chat template with tool calls.
+
+    Example:
+        >>> demo_prompt("Who founded Vor Lak?", "tool_call")
+        [{'role': 'user', 'content': 'Question: Who founded Vor Lak?\\n'}]
+    """
+    prompt = make_prompt(question)
+    return [{"role": "user", "content": prompt}] if protocol == "tool_call" else prompt
+
+
+def tokenize_demo_prompts(questions: list[dict], tokenizer, protocol) -> list[list[int]]:
+    """Token ids of the questions' prompts, as the trainer and the evaluation tokenise them (tool calls: through the
+    chat template, showing the `search` tool)."""
+    from ..data import tokenize_prompts
+
+    prompts = [demo_prompt(question["question"], protocol.name) for question in questions]
+    return tokenize_prompts(prompts, tokenizer, chat_template=protocol.chat_template, tools=protocol.tools)
+
+
 def teacher_rollout(questions, plans, retriever, tokenizer, config: DemoConfig, answerer=None):
     """Runs the teacher (or, with `answerer`, the teacher's searches and the answerer's answers) through the real
-    rollout; returns the prompts' token ids and the rollout's output."""
-    from ..data import tokenize_prompts
+    rollout, in `config.protocol`; returns the prompts' token ids and the rollout's output."""
     from ..rollout import SearchRollout
 
     rollout = SearchRollout(
         retriever,
         tokenizer,
+        protocol=config.protocol,
         max_turns=config.max_turns,
         retrieval_top_k=config.retrieval_top_k,
         max_obs_length=config.max_obs_length,
         max_tokens_per_turn=config.max_tokens_per_turn,
         max_completion_length=config.max_completion_length,
     )
-    prompt_ids = tokenize_prompts([make_prompt(question["question"]) for question in questions], tokenizer)
-    generator = TeacherGenerator(tokenizer, plans, answerer=answerer)
+    prompt_ids = tokenize_demo_prompts(questions, tokenizer, rollout.protocol)
+    generator = TeacherGenerator(tokenizer, plans, protocol=rollout.protocol, answerer=answerer)
     golds = [question["golden_answers"] for question in questions]
     return prompt_ids, rollout.run(prompt_ids, generator, golden_answers=golds)
 
@@ -387,18 +454,26 @@ class DemoPipeline:
 
     # stage 1
     def build(self) -> None:
-        from ..offline_models import build_model, build_tokenizer
+        from ..offline_models import build_chat_tokenizer, build_model, build_tokenizer
         from ..protocols import get_protocol
         from ..retrievers import BM25Retriever
 
         config = self.config
         self.world = make_world(config.seed, config.num_train_lands, config.num_dev_lands, config.num_test_lands)
-        self.protocol = get_protocol("tags")
         self.retriever = BM25Retriever.build(self.world.corpus, backend="numpy")  # small corpus: no numba compile
         self.data_dir = os.path.join(config.output_dir, "data")
         write_eval_data(self.world.test_questions, self.data_dir)
-        texts = tokenizer_texts(self.world, self.retriever, self.protocol)
-        self.tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
+        if config.protocol == "tool_call":
+            # The texts are rendered by the chat template, which any tokenizer of the family carries: a throwaway one
+            # renders them, then the demo's tokenizer learns from them.
+            renderer = get_protocol("tool_call", tokenizer=build_chat_tokenizer([], "qwen2_5", vocab_size=300))
+            texts = tokenizer_texts(self.world, self.retriever, renderer)
+            self.tokenizer = build_chat_tokenizer(texts, "qwen2_5", vocab_size=config.vocab_size)
+            self.protocol = get_protocol("tool_call", tokenizer=self.tokenizer)
+        else:
+            self.protocol = get_protocol("tags")
+            texts = tokenizer_texts(self.world, self.retriever, self.protocol)
+            self.tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
         self.model = build_model(
             self.tokenizer,
             hidden_size=config.hidden_size,
@@ -423,6 +498,10 @@ class DemoPipeline:
             "parameters": sum(parameter.numel() for parameter in self.model.parameters()),
             "vocab_size": len(self.tokenizer),
         }
+        if config.protocol != "tags":  # the tags run's results stay as they were
+            self.results["model"]["prompt_tokens"] = len(
+                tokenize_demo_prompts(self.world.test_questions[:1], self.tokenizer, self.protocol)[0]
+            )
 
     def demonstrations(self) -> list[dict]:
         """The warm start's rows: the imperfect teacher's trajectories on the training questions, and (with
@@ -463,7 +542,11 @@ class DemoPipeline:
         _, output = teacher_rollout(questions, plans, self.retriever, self.tokenizer, self.config, answerer)
         model.train(was_training)
         texts = [self.tokenizer.decode(sample.completion_ids, skip_special_tokens=True) for sample in output.samples]
-        scores = exact_match_reward(texts, [question["golden_answers"] for question in questions])
+        golds = [question["golden_answers"] for question in questions]
+        if self.config.protocol == "tags":
+            scores = exact_match_reward(texts, golds)
+        else:  # a tool-call answer is the last assistant message, as the rollout read it (and the trainer scores it)
+            scores = exact_match_reward(texts, golds, [sample.predicted_answer for sample in output.samples])
         rates = {"all": sum(scores) / len(scores)}
         for kind in QUESTION_TYPES:
             of_kind = [score for score, question in zip(scores, questions) if question["type"] == kind]
@@ -542,8 +625,9 @@ class DemoPipeline:
             max_obs_length=config.max_obs_length,
             max_tokens_per_turn=config.max_tokens_per_turn,
             max_completion_length=config.max_completion_length,
+            protocol=config.protocol,
             prompt_template=PROMPT_TEMPLATE,
-            conversational=False,
+            conversational=config.protocol == "tool_call",
             progress=False,
         )
         model.train(was_training)
@@ -574,7 +658,7 @@ class DemoPipeline:
         run_dir = os.path.join(config.output_dir, "rl", run)
         dataset = Dataset.from_list(
             [
-                {"prompt": make_prompt(row["question"]), "golden_answers": row["golden_answers"]}
+                {"prompt": demo_prompt(row["question"], config.protocol), "golden_answers": row["golden_answers"]}
                 for row in self.world.train_questions
             ]
         )
@@ -587,6 +671,7 @@ class DemoPipeline:
             lr_scheduler_type="constant",
             beta=0.0,
             temperature=config.temperature,
+            search_protocol=config.protocol,
             max_turns=config.max_turns,
             retrieval_top_k=config.retrieval_top_k,
             max_tokens_per_turn=config.max_tokens_per_turn,
@@ -625,7 +710,7 @@ class DemoPipeline:
         curves = {
             "reward": logged("reward"),
             "searches_per_sample": logged("search/searches_per_sample"),
-            "answer_retrieved": logged("search/answer_in_retrieval_ratio"),
+            "answer_retrieved_ratio": logged("search/answer_retrieved_ratio"),
             "heldout": em_curve.points,
         }
         return {"final": final, "seconds": seconds, "curves": curves}
@@ -684,7 +769,7 @@ class _EvalCurve(TrainerCallback):
         point = {"step": step}
         for kind, values in metrics.items():
             point[f"em_{kind}"] = values["em"]
-            point[f"searches_{kind}"] = values["searches_per_question"]
+            point[f"searches_{kind}"] = values["searches_per_sample"]
         self.points.append(point)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -718,7 +803,7 @@ def _greedy(model):
     )
 
 
-_SUMMARY_KEYS = ("em", "f1", "searches_per_question", "answer_retrieved", "answered", "invalid_action_rate")
+_SUMMARY_KEYS = ("em", "f1", "searches_per_sample", "answer_retrieved_ratio", "answered_ratio", "invalid_action_rate")
 
 
 def _by_type(datasets: dict) -> dict:

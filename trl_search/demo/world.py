@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -109,7 +110,11 @@ TWO_HOP_PER_LAND = 2
 PROMPT_TEMPLATE = "Question: {question}\n"
 _NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 _FACT = re.compile(rf"of ({_NAME}) is ({_NAME})\.")  # what a reader finds in a passage: (land, value)
-_BEFORE_NAME = re.compile(r"<answer>|<search> [a-z]+")  # a teacher's turn up to its first name
+# A teacher's turn up to its first name: the action and the query's first word (tags or a Qwen2.5 tool call), or the
+# answer's opening tag; a tool-call answer is the bare name, so nothing comes before it.
+_BEFORE_NAME = re.compile(r'<answer>|<search> [a-z]+|<tool_call>\n\{"name": "search", "arguments": \{"query": "[a-z]+')
+PROTOCOLS = ("tags", "tool_call")
+TOOL_CALL_EOS = "<|im_end|>"  # Qwen2.5's end of turn: it closes every tool-call turn and the final answer
 
 
 @dataclass
@@ -344,8 +349,58 @@ def make_plans(questions: Sequence[dict], skill: TeacherSkill, answer_pool: Sequ
     return [Plan(question, skill.draw(question, rng), rng.choice(list(answer_pool))) for question in questions]
 
 
-def teacher_turn(plan: Plan, observations: Sequence[str]) -> str:
-    """The teacher's next turn, given the observation bodies it has read so far in this trajectory.
+def teacher_action(plan: Plan, observations: Sequence[str]) -> tuple[str, str]:
+    """The teacher's next decision, given the observation bodies it has read so far in this trajectory: `("search",
+    query)` or `("answer", answer)`, whatever the protocol that writes it down (`render_turn`).
+
+    Example:
+        >>> question = {"type": "one_hop", "attribute": "capital", "land": "Vor Lak"}
+        >>> teacher_action(Plan(question, "good", "Ka Lo"), [])
+        ('search', 'capital Vor Lak')
+    """
+    question, behaviour = plan.question, plan.behaviour
+    target = ATTRIBUTE[question["attribute"]]
+    read = read_fact(observations[-1]) if observations else None
+    if behaviour == "guess":
+        return "answer", plan.guess
+    if question["type"] == ONE_HOP:
+        if not observations:
+            return "search", target.query(question["land"]) if behaviour == "good" else target.lazy_query
+        return "answer", read[1] if read else plan.guess
+    if not observations:
+        return "search", ATTRIBUTE[question["bridge"]].query(question["bridge_value"])
+    if behaviour == "shortcut" or len(observations) > 1 or read is None:
+        return "answer", read[0] if behaviour == "shortcut" and read else read[1] if read else plan.guess
+    return "search", target.query(read[0])
+
+
+def render_turn(action: str, content: str, protocol: str = "tags") -> str:
+    """Writes one decision as a policy turn of `protocol`: Search-R1's tags, or a Qwen2.5 assistant turn (a
+    `<tool_call>` calling `search`, or the bare answer, ended by the end-of-turn token).
+
+    Example:
+        >>> render_turn("search", "capital Vor Lak")
+        '<search> capital Vor Lak </search>'
+        >>> print(render_turn("search", "capital Vor Lak", "tool_call"))
+        <tool_call>
+        {"name": "search", "arguments": {"query": "capital Vor Lak"}}
+        </tool_call><|im_end|>
+        >>> render_turn("answer", "Zum Bro", "tool_call")
+        'Zum Bro<|im_end|>'
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}.")
+    if protocol == "tags":
+        return f"<{action}> {content} </{action}>"
+    if action == "answer":
+        return content + TOOL_CALL_EOS
+    call = json.dumps({"name": "search", "arguments": {"query": content}}, ensure_ascii=False)
+    return f"<tool_call>\n{call}\n</tool_call>{TOOL_CALL_EOS}"
+
+
+def teacher_turn(plan: Plan, observations: Sequence[str], protocol: str = "tags") -> str:
+    """The teacher's next turn, given the observation bodies it has read so far in this trajectory, written in
+    `protocol` (`"tags"` or `"tool_call"`).
 
     Example:
         >>> question = {"type": "two_hop", "attribute": "capital", "bridge": "river", "bridge_value": "Zum Bro",
@@ -355,32 +410,24 @@ def teacher_turn(plan: Plan, observations: Sequence[str]) -> str:
         '<search> river Zum Bro </search>'
         >>> teacher_turn(plan, ['Doc 1(Title: "Vor Lak") The river of Vor Lak is Zum Bro.'])
         '<search> capital Vor Lak </search>'
+        >>> teacher_turn(Plan(question, "shortcut", "Ka Lo"), ["The river of Vor Lak is Zum Bro."], "tool_call")
+        'Vor Lak<|im_end|>'
     """
-    question, behaviour = plan.question, plan.behaviour
-    target = ATTRIBUTE[question["attribute"]]
-    read = read_fact(observations[-1]) if observations else None
-    if behaviour == "guess":
-        return f"<answer> {plan.guess} </answer>"
-    if question["type"] == ONE_HOP:
-        if not observations:
-            query = target.query(question["land"]) if behaviour == "good" else target.lazy_query
-            return f"<search> {query} </search>"
-        return f"<answer> {read[1] if read else plan.guess} </answer>"
-    if not observations:
-        return f"<search> {ATTRIBUTE[question['bridge']].query(question['bridge_value'])} </search>"
-    if behaviour == "shortcut" or len(observations) > 1 or read is None:
-        answer = read[0] if behaviour == "shortcut" and read else read[1] if read else plan.guess
-        return f"<answer> {answer} </answer>"
-    return f"<search> {target.query(read[0])} </search>"
+    return render_turn(*teacher_action(plan, observations), protocol)
 
 
 def forced_start(turn: str) -> str:
     """The start of a teacher's turn that holds its decision, up to its first name: `<search> capital` (the action and
-    the query's first word) or `<answer>`.
+    the query's first word) or `<answer>`; in a tool call, up to the query's first word, and nothing of an answer
+    (a tool-call answer starts with the name itself).
 
     Example:
         >>> forced_start("<search> capital Vor Lak </search>"), forced_start("<answer> Zum Bro </answer>")
         ('<search> capital', '<answer>')
+        >>> forced_start(render_turn("search", "capital Vor Lak", "tool_call"))
+        '<tool_call>\\n{"name": "search", "arguments": {"query": "capital'
+        >>> forced_start(render_turn("answer", "Zum Bro", "tool_call"))
+        ''
     """
     match = _BEFORE_NAME.match(turn)
     return match.group(0) if match else ""
@@ -388,7 +435,9 @@ def forced_start(turn: str) -> str:
 
 class TeacherGenerator:
     """A `TurnGenerator` that writes the teacher's turns inside the real `SearchRollout`, reading the observations the
-    rollout injected, so that demonstrations are tokenised exactly as the policy's own trajectories.
+    rollout injected, so that demonstrations are tokenised exactly as the policy's own trajectories. `protocol` is the
+    rollout's (`rollout.protocol`): the teacher writes tags, or tool calls read back from the chat template's tool
+    messages.
 
     With `answerer` (another `TurnGenerator`, e.g. the model's), the teacher decides every action and the answerer
     writes every name: the teacher writes the start of each turn up to its first name (`<search> capital`,
@@ -412,10 +461,24 @@ class TeacherGenerator:
             raise ValueError("TeacherGenerator needs one plan per distinct question.")
         self.answerer = answerer
         self.eos_token_ids = [tokenizer.eos_token_id]
+        if self.protocol.name == "tags":
+            self._around = (self.protocol.observation_open.strip(), self.protocol.observation_close.strip())
+        else:  # the chat template's own markup around a tool message's content
+            self._around = tuple(tokenizer.decode(piece) for piece in self.protocol.frame(1))
 
     def _observations(self, completion: str) -> list[str]:
-        opening, closing = self.protocol.observation_open.strip(), self.protocol.observation_close.strip()
-        return re.findall(re.escape(opening) + "(.*?)" + re.escape(closing), completion, re.DOTALL)
+        opening, closing = self._around
+        found = re.findall(re.escape(opening) + "(.*?)" + re.escape(closing), completion, re.DOTALL)
+        # A tool message may also be the rollout's feedback on an invalid turn (the answerer's): no observation.
+        return [body for body in found if not body.startswith("Error: ")]
+
+    def _plan_and_observations(self, context) -> tuple[Plan, list[str]]:
+        # Tags: the prompt is the context's first line. Chat: the user message, after the template's system prompt.
+        tags = self.protocol.name == "tags"
+        text = self.tokenizer.decode(context, skip_special_tokens=tags)
+        prompt_start = 0 if tags else text.index(PROMPT_TEMPLATE.split("{question}")[0])
+        prompt_end = text.index("\n", prompt_start) + 1
+        return self.plans[text[prompt_start:prompt_end]], self._observations(text[prompt_end:])
 
     def generate(self, contexts, max_new_tokens, stop_strings):
         from ..generation import GeneratedTurn
@@ -423,9 +486,7 @@ class TeacherGenerator:
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         turns, forced = [], []
         for index, context in enumerate(contexts):
-            text = self.tokenizer.decode(context, skip_special_tokens=True)
-            prompt_end = text.index("\n") + 1
-            turn = teacher_turn(self.plans[text[:prompt_end]], self._observations(text[prompt_end:]))
+            turn = teacher_turn(*self._plan_and_observations(context), self.protocol.name)
             turns.append(GeneratedTurn(encode(turn), stopped=True))
             if self.answerer is not None:
                 forced.append((index, encode(forced_start(turn))))
