@@ -21,6 +21,8 @@ def test_quick_preset_then_the_options_given():
     assert (config.rl_steps, config.runs, config.seed) == (7, ("rl_search",), 3)
     assert demo_config(parse([])).runs == ("rl_search", "rl_no_retrieval", "rl_no_mask")
     assert demo_config(parse(["--quick"])).runs == ("rl_search", "rl_no_retrieval")
+    tool_call = demo_config(parse(["--quick", "--protocol", "tool_call"]))
+    assert tool_call.protocol == "tool_call" and tool_call.sft_copy_threshold == 0.8
 
 
 def test_options_from_a_yaml_file(tmp_path):

@@ -17,7 +17,7 @@ class DemoArguments:
         >>> from trl import TrlParser
         >>> (args,) = TrlParser(DemoArguments).parse_args_and_config(["--quick", "--seeds", "5", "--no-progress"])
         >>> args.seeds, args.progress, demo_config(args).rl_steps
-        (5, False, 60)
+        (5, False, 40)
     """
 
     quick: bool = field(default=False, metadata={"help": "The shorter run (a few minutes per seed on 2 CPU cores)."})
@@ -36,6 +36,14 @@ class DemoArguments:
         },
     )
     rl_steps: int | None = field(default=None, metadata={"help": "RL steps per run (default: the mode's)."})
+    protocol: str = field(
+        default="tags",
+        metadata={
+            "help": "How the model searches: Search-R1's tags in a plain prompt, or calls of a `search` tool through "
+            "a Qwen2.5 chat template the tiny tokenizer carries (longer sequences: several times slower).",
+            "choices": ["tags", "tool_call"],
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress display (`--no_progress`: plain)."})
 
     def __post_init__(self):
@@ -52,6 +60,7 @@ def demo_config(args: DemoArguments):
         "seeds": args.seeds,
         "workers": args.workers,
         "progress": args.progress,
+        "protocol": args.protocol,
     }
     if args.runs:
         overrides["runs"] = tuple(name.strip() for name in args.runs.split(","))

@@ -7,7 +7,7 @@
 Example:
     >>> from trl_search.demo import DemoConfig
     >>> DemoConfig.quick().rl_steps
-    60
+    40
 """
 
 from .pipeline import DemoConfig, DemoPipeline, run_demo

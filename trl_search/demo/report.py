@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
+import sys
 from contextlib import nullcontext
 
 from transformers import TrainerCallback
@@ -29,8 +31,8 @@ COLUMNS = (
     ("all", "em", "EM, all"),
     ("one_hop", "em", "EM, one-hop"),
     ("two_hop", "em", "EM, two-hop"),
-    ("one_hop", "searches_per_question", "Searches / one-hop question"),
-    ("two_hop", "searches_per_question", "Searches / two-hop question"),
+    ("one_hop", "searches_per_sample", "Searches / one-hop question"),
+    ("two_hop", "searches_per_sample", "Searches / two-hop question"),
 )
 
 
@@ -67,7 +69,7 @@ class Display:
         self.print(
             f"[bold green]✓[/] {label}: held-out EM [bold]{metrics['all']['em']:.3f}[/] (one-hop "
             f"{metrics['one_hop']['em']:.3f}, two-hop {metrics['two_hop']['em']:.3f}); searches per question "
-            f"{metrics['one_hop']['searches_per_question']:.2f} / {metrics['two_hop']['searches_per_question']:.2f}"
+            f"{metrics['one_hop']['searches_per_sample']:.2f} / {metrics['two_hop']['searches_per_sample']:.2f}"
         )
 
     def seed_done(self, seed: int, results: dict) -> None:
@@ -188,7 +190,14 @@ def aggregate_seeds(config, per_seed: dict[int, dict], seconds: float) -> dict:
         "world": first.get("world"),
         "model": first.get("model"),
         "teacher": first.get("teacher"),
-        "per_seed": {str(seed): {key: per_seed[seed][key] for key in ("stages", "timings")} for seed in seeds},
+        "per_seed": {
+            str(seed): {
+                "stages": per_seed[seed]["stages"],
+                "timings": per_seed[seed]["timings"],
+                "warm_start": {key: per_seed[seed]["warm_start"].get(key) for key in ("steps", "stopped_by")},
+            }
+            for seed in seeds
+        },
     }
 
 
@@ -208,7 +217,7 @@ def results_table(results: dict) -> str:
     over several seeds each cell is `mean (min–max)`.
 
     Example:
-        >>> stage = {kind: {"em": 0.5, "searches_per_question": 1.0} for kind in ("all", "one_hop", "two_hop")}
+        >>> stage = {kind: {"em": 0.5, "searches_per_sample": 1.0} for kind in ("all", "one_hop", "two_hop")}
         >>> print(results_table({"stages": {"warm_start": stage}}).splitlines()[-1])
         | Warm start (SFT), BM25 | 0.500 | 0.500 | 0.500 | 1.000 | 1.000 |
     """
@@ -241,6 +250,8 @@ def results_markdown(results: dict, command: str | None = None) -> str:
     else:
         parts += [f"Seed {seeds[0]}.", ""]
     parts += [results_table(results), ""]
+    if len(seeds) > 1:
+        parts += ["Per seed (held-out EM, all questions / one-hop / two-hop):", "", seeds_table(results), ""]
     world, model = results.get("world") or {}, results.get("model") or {}
     tests = world.get("test_questions") or {}
     parts.append(
@@ -269,6 +280,35 @@ def results_markdown(results: dict, command: str | None = None) -> str:
                 f"{config['num_threads']} thread each."
             )
     return "\n".join(parts) + "\n"
+
+
+def seeds_table(results: dict) -> str:
+    """One row per seed of a several-seed run: the warm start's length and why it stopped, held-out EM of every stage
+    (all / one-hop / two-hop) and the seed's wall time, so that every seed can be checked, not only the mean.
+
+    Example:
+        >>> stage = {"all": {"em": 0.9}, "one_hop": {"em": 1.0}, "two_hop": {"em": 0.7}}
+        >>> seed = {"stages": {"rl_search": stage}, "timings": {"total": 250.0},
+        ...         "warm_start": {"steps": 450, "stopped_by": "copy rate"}}
+        >>> print(seeds_table({"per_seed": {"0": seed}}))
+        | Seed | Warm start | RL with BM25 (Search-R1) | Wall time |
+        |---|---|---|---|
+        | 0 | 450 steps (copy rate) | 0.900 / 1.000 / 0.700 | 250 s |
+    """
+    per_seed = results["per_seed"]
+    stages = [stage for stage in STAGE_LABELS if stage in next(iter(per_seed.values()))["stages"]]
+    lines = [
+        "| Seed | Warm start | " + " | ".join(STAGE_LABELS[stage] for stage in stages) + " | Wall time |",
+        "|---" * (len(stages) + 3) + "|",
+    ]
+    for seed, result in per_seed.items():
+        warm = result.get("warm_start") or {}
+        cells = [f"{warm.get('steps')} steps ({warm.get('stopped_by')})"]
+        for stage in stages:
+            cells.append(" / ".join(f"{result['stages'][stage][kind]['em']:.3f}" for kind in TYPE_LABELS))
+        cells.append(f"{result['timings']['total']:.0f} s")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _steps(results: dict) -> str:
@@ -412,3 +452,47 @@ def write_report(results: dict, output_dir: str, command: str | None = None) -> 
         handle.write(results_markdown(results, command or results.get("command")))
     paths["curves"], paths["searches"] = plot_curves(results, output_dir)
     return paths
+
+
+# --- Generated blocks in the docs ----------------------------------------------------------------------------------
+
+# A block of a Markdown file that is a copy of a run's results.md, refreshed by `python -m trl_search.demo.report`:
+# published demo numbers are never typed by hand (tests/test_demo_docs.py checks that every block matches its source).
+GENERATED_BLOCK = re.compile(
+    r"(<!-- generated from (?P<source>\S+) by python -m trl_search.demo.report -->\n)(?P<body>.*?)(<!-- end generated -->)",
+    re.DOTALL,
+)
+
+
+def generated_body(results_md: str) -> str:
+    """What a generated block holds: the run's `results.md` without its title.
+
+    Example:
+        >>> generated_body("# trl-search demo results\\n\\nProduced by: ...\\n")
+        'Produced by: ...\\n'
+    """
+    return re.sub(r"\A# [^\n]*\n\n?", "", results_md)
+
+
+def sync_generated_blocks(path: str, root: str = ".") -> list[str]:
+    """Rewrites every generated block of the Markdown file `path` from its source (a path relative to `root`);
+    returns the sources it read."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    sources = []
+
+    def refresh(match: re.Match) -> str:
+        sources.append(match.group("source"))
+        with open(os.path.join(root, match.group("source")), encoding="utf-8") as handle:
+            return match.group(1) + generated_body(handle.read()) + match.group(4)
+
+    updated = GENERATED_BLOCK.sub(refresh, text)
+    if updated != text:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(updated)
+    return sources
+
+
+if __name__ == "__main__":  # python -m trl_search.demo.report [FILE ...]: refresh the generated blocks of the docs
+    for markdown in sys.argv[1:] or ["README.md", "docs/demo/README.md"]:
+        print(markdown, "<-", ", ".join(sync_generated_blocks(markdown)) or "no generated block")
