@@ -12,7 +12,9 @@ from trl_search.retrievers.tokenization import TermIds, tokenize
 
 bm25s = pytest.importorskip("bm25s")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXTS = [json.loads(line)["contents"] for line in open(os.path.join(ROOT, "trl_search", "sample_data", "corpus.jsonl"))]
+TEXTS = [
+    json.loads(line)["contents"] for line in open(os.path.join(ROOT, "trl_search", "sample_data", "corpus.jsonl"))
+]
 TEXTS += ["the a of and", "", "Ærøvik Ærøvik ÆRØVIK church, church; CHURCH"]  # stopwords only, empty, repeats
 
 
