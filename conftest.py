@@ -2,15 +2,11 @@
 `trl_search` run as doctests next to `tests/`."""
 
 import importlib.util
-import os
+
+from trl_search.offline_models import offline_environment
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+offline_environment()  # before any test imports transformers, datasets or TRL
 
 # Modules whose examples need an optional extra: their doctests are skipped where that extra is not installed.
 _NEEDS = {

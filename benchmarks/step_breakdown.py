@@ -32,14 +32,13 @@ import tempfile
 import time
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trl_search.offline_models import offline_environment  # noqa: E402
+
+
+offline_environment()  # before transformers and TRL are imported
 
 import torch  # noqa: E402
 from paced_policy import NoEarlyStop, PacedPolicy  # noqa: E402

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from .protocols import SEARCH_TAGS
+
+
+# Hugging Face libraries without the Hub: no downloads, no telemetry, no tokenizer thread pools, no TRL notices.
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+}
+
+
+def offline_environment() -> None:
+    """Puts the Hugging Face libraries offline (`OFFLINE_ENVIRONMENT`), keeping any variable already set. Call it
+    before importing them: the tests, the demo and the benchmarks do.
+
+    Example:
+        >>> offline_environment()
+        >>> os.environ["HF_HUB_OFFLINE"]
+        '1'
+    """
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
 
 
 EOS_TOKEN = "<|endoftext|>"

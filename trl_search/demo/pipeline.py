@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from transformers import PrinterCallback, TrainerCallback
 
+from ..offline_models import offline_environment
 from ..retrievers.base import Retriever
 from .world import (
     BEHAVIOURS,
@@ -418,18 +419,6 @@ def quiet_logs():
                 datasets.enable_progress_bars()
 
 
-def _offline_environment():
-    for key, value in {
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
-    }.items():
-        os.environ.setdefault(key, value)
-
-
 @contextmanager
 def deterministic_torch(num_threads: int):
     """Fixed threads and deterministic algorithms while the demo runs (restored afterwards): the same seed on the same
@@ -470,7 +459,7 @@ class DemoPipeline:
 
         if config.seeds != 1:
             raise ValueError("DemoPipeline runs one seed; use run_demo for several.")
-        _offline_environment()
+        offline_environment()
         self.config = config
         self.display = display or Display(enabled=config.progress)
         self.results: dict = {"config": _jsonable(asdict(config)), "stages": {}, "curves": {}, "timings": {}}
@@ -595,15 +584,8 @@ class DemoPipeline:
             weight_decay=0.0,
             max_length=None,
             logging_steps=10,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-            seed=config.seed,
-            data_seed=config.seed,
             dataloader_num_workers=0,
-            gradient_checkpointing=False,  # TRL turns it on by default; a tiny model has no memory to save
+            **_cpu_training(config.seed),
         )
         probe = _CopyProbe(self, config.sft_check_every, config.sft_min_steps, config.sft_copy_threshold)
         trainer = SFTTrainer(
@@ -703,14 +685,7 @@ class DemoPipeline:
             max_completion_length=config.max_completion_length,
             mask_retrieved_tokens=masked,
             logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-            seed=config.seed,
-            data_seed=config.seed,
-            gradient_checkpointing=False,
+            **_cpu_training(config.seed),
         )
         em_curve = _EvalCurve(self, retriever, config.eval_every, config.eval_questions_during_rl)
         trainer = SearchGRPOTrainer(
@@ -761,6 +736,20 @@ class DemoPipeline:
         self.results["table"] = results_table(self.results)
         write_report(self.results, config.output_dir)
         return self.results
+
+
+def _cpu_training(seed: int) -> dict:
+    """Training arguments both the warm start and RL share: CPU, fp32, seeded, no checkpoints, no reporting."""
+    return dict(
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        gradient_checkpointing=False,  # TRL turns it on by default; a tiny model has no memory to save
+    )
 
 
 class _CopyProbe(TrainerCallback):
