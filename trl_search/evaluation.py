@@ -14,6 +14,8 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .data import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -29,7 +31,7 @@ from .data import (
 from .protocols import validate_sequence
 from .retrievers.base import load_retriever
 from .rewards import contains_answer, cover_exact_match_reward, exact_match_reward, f1_reward
-from .rollout import RolloutSettings, rollout_metrics
+from .rollout import RolloutSettings, SearchRollout, rollout_metrics
 
 
 logger = logging.getLogger(__name__)
@@ -301,12 +303,49 @@ def evaluate(
         >>> sorted(results["datasets"]), sorted(results["average"])[:3]  # doctest: +SKIP
         (['hotpotqa', 'nq'], ['answer_retrieved_ratio', 'answered_ratio', 'completion_tokens'])
     """
-    from tqdm.auto import tqdm
+    names = _check_arguments(datasets, baseline, limit, backend)
+    model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    retriever = _resolve_retriever(retriever, baseline)
+    # What is not given explicitly comes from the settings saved with the model, else the paper's values.
+    saved = _saved_search_settings(model_name) if model_name is not None else None
+    explicit = {"max_turns": max_turns, "retrieval_top_k": retrieval_top_k, "max_obs_length": max_obs_length}
+    explicit.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
+    explicit.update(protocol=protocol)
+    settings = _rollout_settings(saved, baseline, explicit)
+    prompt_template, conversational, chat_template_kwargs = _prompt_settings(
+        saved, settings, baseline, prompt_template, conversational, chat_template_kwargs
+    )
+    loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}  # before the slow load
+    model, tokenizer, generator = _resolve_generator(
+        model, model_name, tokenizer, generator, backend, vllm_kwargs, dtype, device
+    )
+    if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
+        conversational = getattr(tokenizer, "chat_template", None) is not None or settings.protocol == "tool_call"
+    rollout = SearchRollout(retriever, tokenizer, settings, chat_template_kwargs=chat_template_kwargs)
+    run = _EvaluationRun(
+        rollout, generator, tokenizer, retriever, baseline, prompt_template, conversational, chat_template_kwargs
+    )
+    model_description = model_name or getattr(getattr(model, "config", None), "_name_or_path", None)
+    run_info = _run_info(run, label, model_description, batch_size, vllm_kwargs if backend == "vllm" else None)
+    return _evaluate_datasets(run, loaded, run_info, batch_size, output_dir, progress)
 
-    from . import __version__
-    from .generation import TransformersGenerator
-    from .rollout import SearchRollout
 
+@dataclass(frozen=True)
+class _EvaluationRun:
+    """What every batch of an evaluation needs, resolved once by `evaluate`."""
+
+    rollout: SearchRollout
+    generator: Any
+    tokenizer: Any
+    retriever: Any
+    baseline: str | None
+    template: str
+    conversational: bool
+    chat_template_kwargs: dict | None
+
+
+def _check_arguments(datasets: str | Sequence[str], baseline, limit, backend) -> list[str]:
+    """Rejects bad arguments before anything is loaded; returns the dataset names."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
     if limit is not None and limit < 1:
@@ -316,33 +355,50 @@ def evaluate(
     names = [name.strip() for name in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
     if not names or not all(names):
         raise ValueError("Give at least one dataset, e.g. datasets='nq,hotpotqa' (or 'sample' offline).")
-    model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    return names
+
+
+def _resolve_retriever(retriever, baseline):
+    """The `Retriever` to search with; None for the direct baseline, which never retrieves."""
     retriever = load_retriever(retriever) if baseline != "direct" and retriever is not None else None
     if baseline != "direct" and retriever is None:
         raise ValueError("A retriever is needed to search; pass one, or use baseline='direct'.")
-    # What is not given explicitly comes from the settings saved with the model, else the paper's values.
-    saved = _saved_search_settings(model_name) if model_name is not None else None
-    explicit = {"max_turns": max_turns, "retrieval_top_k": retrieval_top_k, "max_obs_length": max_obs_length}
-    explicit.update(max_tokens_per_turn=max_tokens_per_turn, max_completion_length=max_completion_length)
-    explicit.update(protocol=protocol, mask_retrieved_tokens=True)
+    return retriever
+
+
+def _rollout_settings(saved: dict | None, baseline, explicit: dict) -> RolloutSettings:
+    """The one place rollout settings are decided: the paper's defaults, then the model's own, then the caller's
+    (`explicit`, None values meaning not given)."""
+    explicit = {**explicit, "mask_retrieved_tokens": True}
     if baseline is not None:
         explicit.update(max_turns=0, protocol="tags")  # the baselines answer in one turn, from the prompt
-    # The one place rollout settings are decided: the paper's defaults, then the model's own, then the caller's.
-    settings = RolloutSettings.merged(saved, explicit)
+    return RolloutSettings.merged(saved, explicit)
+
+
+def _prompt_settings(saved: dict | None, settings, baseline, template, conversational, chat_template_kwargs):
+    """The prompt template, chat format and chat-template arguments: the caller's, else those saved with the model,
+    else the mode's defaults. `conversational` may stay None: it then depends on the tokenizer, not loaded yet."""
     if saved is not None:
         if conversational is None and saved.get("prompt_format"):
             conversational = saved["prompt_format"] == "conversational"
         if chat_template_kwargs is None:
             chat_template_kwargs = saved.get("chat_template_kwargs") or None
-        if prompt_template is None and baseline is None:
-            prompt_template = saved.get("prompt_template")
-    if prompt_template is None and settings.protocol == "tool_call":
-        prompt_template = TOOL_CALL_PROMPT_TEMPLATE
-    if prompt_template is None:
-        prompt_template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}
-        prompt_template = prompt_template[baseline]
-    make_search_prompt("?", prompt_template, passages="" if baseline == "rag" else None)  # a bad template fails now
-    loaded = {name: load_qa_dataset(name, split, data_dir, limit=limit) for name in names}  # before the slow load
+        if template is None and baseline is None:
+            template = saved.get("prompt_template")
+    if template is None and settings.protocol == "tool_call":
+        template = TOOL_CALL_PROMPT_TEMPLATE
+    if template is None:
+        template = {None: DEFAULT_PROMPT_TEMPLATE, "direct": DIRECT_PROMPT_TEMPLATE, "rag": RAG_PROMPT_TEMPLATE}[
+            baseline
+        ]
+    make_search_prompt("?", template, passages="" if baseline == "rag" else None)  # a bad template fails now
+    return template, conversational, chat_template_kwargs
+
+
+def _resolve_generator(model, model_name, tokenizer, generator, backend, vllm_kwargs, dtype, device):
+    """Loads what generation needs; returns (model, tokenizer, generator), the model None on a vLLM engine."""
+    from .generation import TransformersGenerator
+
     if generator is None and backend == "vllm":
         if model_name is None:
             raise ValueError("backend='vllm' loads the model itself: pass its path or Hub id as `model`.")
@@ -352,26 +408,37 @@ def evaluate(
     model, tokenizer = _load_model(model, tokenizer, dtype, device)
     if generator is None:
         generator = TransformersGenerator(model, tokenizer, _greedy_config(model, tokenizer))
-    if conversational is None:  # as Search-R1: the chat template whenever the tokenizer has one (Qwen base too)
-        conversational = getattr(tokenizer, "chat_template", None) is not None or settings.protocol == "tool_call"
-    rollout = SearchRollout(retriever, tokenizer, settings, chat_template_kwargs=chat_template_kwargs)
-    run_info = {
-        "label": label or (baseline or "search"),
-        "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
-        "baseline": baseline,
-        "prompt_template": prompt_template,
-        "conversational": conversational,
-        "chat_template_kwargs": chat_template_kwargs,
-        "rollout": settings.to_dict(),
+    return model, tokenizer, generator
+
+
+def _run_info(run: _EvaluationRun, label, model_description, batch_size: int, vllm_kwargs) -> dict:
+    """The part of `results.json` that says how the results were obtained, so that they can be reproduced."""
+    from . import __version__
+
+    return {
+        "label": label or (run.baseline or "search"),
+        "model": model_description,
+        "baseline": run.baseline,
+        "prompt_template": run.template,
+        "conversational": run.conversational,
+        "chat_template_kwargs": run.chat_template_kwargs,
+        "rollout": run.rollout.settings.to_dict(),
         "generation": {
             "do_sample": False,
             "batch_size": batch_size,
-            "generator": type(generator).__name__,
-            "vllm_kwargs": vllm_kwargs if backend == "vllm" else None,
+            "generator": type(run.generator).__name__,
+            "vllm_kwargs": vllm_kwargs,
         },
-        "retriever": retriever.describe() if retriever is not None else None,
+        "retriever": run.retriever.describe() if run.retriever is not None else None,
         "trl_search_version": __version__,
     }
+
+
+def _evaluate_datasets(
+    run: _EvaluationRun, loaded: dict, run_info: dict, batch_size: int, output_dir: str | None, progress: bool
+) -> dict:
+    """Evaluates every dataset in batches, streaming `trajectories.jsonl`; returns the final results."""
+    from tqdm.auto import tqdm
 
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
@@ -383,19 +450,7 @@ def evaluate(
         for name, dataset in loaded.items():
             records = []
             for first in range(0, len(dataset), batch_size):
-                batch = dataset[first : first + batch_size]
-                batch_records, seconds = _evaluate_batch(
-                    batch,
-                    name,
-                    rollout,
-                    generator,
-                    tokenizer,
-                    retriever,
-                    baseline,
-                    prompt_template,
-                    conversational,
-                    chat_template_kwargs,
-                )
+                batch_records, seconds = _evaluate_batch(run, dataset[first : first + batch_size], name)
                 retriever_seconds += seconds
                 records.extend(batch_records)
                 trajectories_file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in batch_records)
@@ -418,45 +473,35 @@ def evaluate(
     return results
 
 
-def _evaluate_batch(
-    batch,
-    name,
-    rollout,
-    generator,
-    tokenizer,
-    retriever,
-    baseline,
-    template,
-    conversational,
-    chat_kwargs,
-) -> tuple[list[dict], float]:
+def _evaluate_batch(run: _EvaluationRun, batch, name: str) -> tuple[list[dict], float]:
     """Rolls out one batch of questions and scores it; returns the trajectory records and the retrieval time."""
     questions, golds = batch["question"], batch["golden_answers"]
+    protocol = run.rollout.protocol  # tool calls: the search tool, and the template its tool turns render with
     passages, rag_retrieved = [None] * len(questions), [None] * len(questions)
-    if baseline == "rag":  # one retrieval for the question itself, shown in the prompt
-        protocol = rollout.protocol
-        hits = retriever.search(list(questions), k=rollout.retrieval_top_k)
+    if run.baseline == "rag":  # one retrieval for the question itself, shown in the prompt
+        hits = run.retriever.search(list(questions), k=run.rollout.retrieval_top_k)
         passages = [protocol.render_passages(found) for found in hits]
         rag_retrieved = [contains_answer(text, gold) for text, gold in zip(passages, golds)]
     prompts = [
-        make_search_prompt(question, template, conversational, passages=text)
+        make_search_prompt(question, run.template, run.conversational, passages=text)
         for question, text in zip(questions, passages)
     ]
-    protocol = rollout.protocol  # tool calls: the search tool, and the template its tool turns render with
-    prompt_ids = tokenize_prompts(prompts, tokenizer, chat_kwargs, protocol.chat_template, tools=protocol.tools)
-    output = rollout.run(prompt_ids, generator, golden_answers=golds)
+    prompt_ids = tokenize_prompts(
+        prompts, run.tokenizer, run.chat_template_kwargs, protocol.chat_template, tools=protocol.tools
+    )
+    output = run.rollout.run(prompt_ids, run.generator, golden_answers=golds)
     records = []
     for index, sample in enumerate(output.samples):
-        text = tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
+        text = run.tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
         record = {
             "id": batch["id"][index],
             "data_source": name,
             "question": questions[index],
             "golden_answers": golds[index],
             "completion": text,
-            **_score(sample, text, golds[index], rag_retrieved[index], baseline, protocol.name == "tags"),
+            **_score(sample, text, golds[index], rag_retrieved[index], run.baseline, protocol.name == "tags"),
         }
-        if baseline == "rag":
+        if run.baseline == "rag":
             record["prompt_passages"] = passages[index]
         records.append(record)
     return records, output.retriever_seconds
