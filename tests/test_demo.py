@@ -204,3 +204,37 @@ def test_tool_call_demonstrations_train_the_assistant_turns_only(tool_call_resul
 
 def test_empty_retriever_finds_nothing():
     assert EmptyRetriever().search(["a", "b"], k=3) == [[], []]
+
+
+def test_quiet_logs_restores_the_callers_logging():
+    import logging
+
+    import transformers
+
+    from trl_search.demo.pipeline import quiet_logs
+
+    logger = logging.getLogger("trl_search")
+    level, verbosity = logger.level, transformers.logging.get_verbosity()
+    logger.setLevel(logging.INFO)
+    try:
+        with quiet_logs():
+            assert logger.level == logging.ERROR
+            assert transformers.logging.get_verbosity() == transformers.logging.ERROR
+        assert logger.level == logging.INFO and transformers.logging.get_verbosity() == verbosity
+    finally:
+        logger.setLevel(level)
+
+
+def test_sigterm_during_a_several_seed_run_exits_through_python():
+    """The worker pool of `--seeds N` is terminated by the pool's context exit, so SIGTERM must unwind the parent."""
+    import os
+    import signal
+
+    from trl_search.demo.pipeline import _exit_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as raised:
+        with _exit_on_sigterm():
+            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler right after the call returns
+    assert raised.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
