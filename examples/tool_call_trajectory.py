@@ -7,13 +7,13 @@
 
 import argparse
 import json
-import os
+
+from trl_search.offline_models import CHAT_FAMILIES, build_chat_tokenizer, offline_environment
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+offline_environment()  # before transformers is imported
 
 from trl_search.generation import GeneratedTurn  # noqa: E402
-from trl_search.offline_models import CHAT_FAMILIES, build_chat_tokenizer  # noqa: E402
 from trl_search.retrievers import BM25Retriever  # noqa: E402
 from trl_search.rollout import SearchRollout  # noqa: E402
 
