@@ -35,7 +35,15 @@ def start_build(corpus, out, tmpdir):
     env = {**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trl_search.cli", "index", "--corpus", str(corpus), "--out", str(out)]
     process = subprocess.Popen(
-        [*command, "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job (`pytest &`, nohup) ignores SIGINT, and children inherit that; the build must meet
+        # SIGINT as a terminal user sends it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60
     while not any(name.startswith(f".{out.name}.build-") for name in os.listdir(out.parent)):
