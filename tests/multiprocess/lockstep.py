@@ -204,6 +204,10 @@ def main(model_dir, out_dir, mode):
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # join gloo's threads before exit: otherwise a rank can abort at teardown (SIGABRT)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

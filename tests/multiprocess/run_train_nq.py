@@ -42,3 +42,7 @@ if __name__ == "__main__":
     }
     with open(os.path.join(training_args.output_dir, f"run_{trainer.accelerator.process_index}.json"), "w") as handle:
         json.dump(facts, handle)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # join gloo's threads before exit: otherwise a rank can abort at teardown (SIGABRT)
+        dist.destroy_process_group()
