@@ -200,6 +200,18 @@ class DemoConfig:
         if self.max_obs_length >= self.max_completion_length:
             raise ValueError("max_obs_length must be smaller than max_completion_length.")
 
+    @property
+    def rollout_limits(self) -> dict:
+        """The rollout's turn and token limits, as the teacher's rollout, `evaluate` and `SearchGRPOConfig` all take
+        them (the protocol goes beside them: the trainer's config calls it `search_protocol`)."""
+        return dict(
+            max_turns=self.max_turns,
+            retrieval_top_k=self.retrieval_top_k,
+            max_obs_length=self.max_obs_length,
+            max_tokens_per_turn=self.max_tokens_per_turn,
+            max_completion_length=self.max_completion_length,
+        )
+
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
         """The README's first command (a few minutes on 2 CPU cores): a shorter RL run, and only the no-retrieval
@@ -318,11 +330,7 @@ def teacher_rollout(questions, plans, retriever, tokenizer, config: DemoConfig, 
         retriever,
         tokenizer,
         protocol=config.protocol,
-        max_turns=config.max_turns,
-        retrieval_top_k=config.retrieval_top_k,
-        max_obs_length=config.max_obs_length,
-        max_tokens_per_turn=config.max_tokens_per_turn,
-        max_completion_length=config.max_completion_length,
+        **config.rollout_limits,
     )
     prompt_ids = tokenize_demo_prompts(questions, tokenizer, rollout.protocol)
     generator = TeacherGenerator(tokenizer, plans, protocol=rollout.protocol, answerer=answerer)
@@ -626,11 +634,7 @@ class DemoPipeline:
             limit=limit,
             output_dir=output_dir,
             batch_size=config.eval_batch_size,
-            max_turns=config.max_turns,
-            retrieval_top_k=config.retrieval_top_k,
-            max_obs_length=config.max_obs_length,
-            max_tokens_per_turn=config.max_tokens_per_turn,
-            max_completion_length=config.max_completion_length,
+            **config.rollout_limits,
             protocol=config.protocol,
             prompt_template=PROMPT_TEMPLATE,
             conversational=config.protocol == "tool_call",
@@ -678,11 +682,7 @@ class DemoPipeline:
             beta=0.0,
             temperature=config.temperature,
             search_protocol=config.protocol,
-            max_turns=config.max_turns,
-            retrieval_top_k=config.retrieval_top_k,
-            max_tokens_per_turn=config.max_tokens_per_turn,
-            max_obs_length=config.max_obs_length,
-            max_completion_length=config.max_completion_length,
+            **config.rollout_limits,
             mask_retrieved_tokens=masked,
             logging_steps=1,
             **_cpu_training(config.seed),
